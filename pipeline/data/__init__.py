@@ -1,0 +1,48 @@
+"""Datasets: raw loaders (one function per source) and the in-memory form every stage shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RawDataset:
+    """A whole labelled dataset in memory, as the prepare stage stores it.
+
+    x: uint8 images [N, C, H, W], or float32 features [N, D] (two moons).
+    y: int64 class indices [N].
+    is_test: bool [N], True for the source's official test split (all False when it has none;
+        the noise stage then carves a test split from a seed).
+    """
+
+    name: str
+    x: torch.Tensor
+    y: torch.Tensor
+    is_test: torch.Tensor
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        n = len(self.y)
+        if len(self.x) != n or len(self.is_test) != n:
+            raise ValueError(f"{self.name}: x, y and is_test differ in length")
+        if self.y.dtype != torch.int64 or self.is_test.dtype != torch.bool:
+            raise ValueError(f"{self.name}: y must be int64 and is_test bool")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "x": self.x,
+            "y": self.y,
+            "is_test": self.is_test,
+            "classes": list(self.classes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RawDataset:
+        return cls(d["name"], d["x"], d["y"], d["is_test"], list(d["classes"]))

@@ -1,0 +1,109 @@
+"""Files and provenance: atomic writes, deterministic JSON, the git revision, progress output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds,
+    so an interrupted stage never leaves a half-written file that looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_torch(obj: Any, path: str | Path) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_torch(path: str | Path) -> Any:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def dumps_json(obj: Any) -> str:
+    """Stable JSON: sorted keys, fixed indentation, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    write_text(dumps_json(obj), path)
+
+
+def write_text(text: str, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def git_revision() -> str:
+    """The commit the code ran at ('+dirty' if the tree has changes; 'unknown' outside git)."""
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
+class Progress:
+    """Progress lines for long loops: a line every `every` seconds on a terminal; on a pipe or
+    log file only the lines the caller marks as milestones, so logs stay short."""
+
+    def __init__(self, label: str, total: int, every: float = 2.0, stream=sys.stderr):
+        self.label, self.total, self.every, self.stream = label, total, every, stream
+        self.tty = stream.isatty()
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int, message: str = "", milestone: bool = False) -> None:
+        now = time.monotonic()
+        if not (milestone or (self.tty and now - self.last >= self.every)):
+            return
+        self.last = now
+        rate = done / max(now - self.start, 1e-9)
+        eta = (self.total - done) / rate if rate > 0 else float("inf")
+        line = (
+            f"{self.label} {done}/{self.total} {message} [{now - self.start:.0f}s, eta {eta:.0f}s]"
+        )
+        print(
+            ("\r" if self.tty and not milestone else "") + line,
+            end="\n" if milestone or not self.tty else "",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,32 @@
+"""Teaching methods, one file each, listed in the explicit dict METHODS.
+
+A method is a class with a frozen `Settings` dataclass (built from its params.yaml section and
+checked before any job runs) and `step(batch)`, which makes one update of the student (and of
+its teacher, if it has one). See pipeline/methods/base.py for the interface. In params.yaml a
+method entry may name its implementation with `method:` to define a variant, e.g.
+`reed_hard: {method: bootstrap, mode: hard, beta: 0.8}`.
+"""
+
+from pipeline.methods.erm import ERM
+from pipeline.methods.l2rw import L2RW
+from pipeline.methods.l2rw_baselines import (
+    Bootstrap,
+    CleanOnly,
+    HardMining,
+    OracleWeighted,
+    Proportion,
+    RandomWeights,
+    Resample,
+)
+
+METHODS = {
+    "erm": ERM,
+    "l2rw": L2RW,
+    "random": RandomWeights,
+    "proportion": Proportion,
+    "resample": Resample,
+    "hard_mining": HardMining,
+    "bootstrap": Bootstrap,
+    "weighted": OracleWeighted,
+    "clean_only": CleanOnly,
+}

@@ -1,0 +1,71 @@
+"""The interface every teaching method implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.config import ScheduleSpec
+from pipeline.core.student import Student
+from pipeline.task import TaskData
+
+
+@dataclass
+class Batch:
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor  # positions in the training split (for per-example state and analysis)
+
+
+@dataclass
+class Context:
+    """What a method may use: the student, the run's data (validation split included; never the
+    test split), the schedule and a seeded generator for the method's own random choices."""
+
+    student: Student
+    data: TaskData
+    schedule: ScheduleSpec
+    generator: torch.Generator
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Options every method has. finetune_steps: after training, steps of plain cross entropy
+    on the clean validation split at the final learning rate (the papers' "+FT" rows)."""
+
+    finetune_steps: int = 0
+
+
+class Method:
+    Settings = MethodSettings
+
+    def __init__(self, settings, ctx: Context):
+        self.settings = settings
+        self.ctx = ctx
+
+    @property
+    def student(self) -> Student:
+        return self.ctx.student
+
+    def step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One training step; returns detached scalars to log (averaged over an epoch)."""
+        raise NotImplementedError
+
+    def val_batch(self, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch of the clean validation split (the teacher's data)."""
+        data = self.ctx.data
+        size = min(
+            size or self.ctx.schedule.val_batch_size or self.ctx.schedule.batch_size,
+            len(data.val_y),
+        )
+        index = torch.randperm(len(data.val_y), generator=self.ctx.generator)[:size]
+        index = index.to(data.val_y.device)
+        return data.val_x[index], data.val_y[index]
+
+    def state_dict(self) -> dict:
+        """Method state beyond the student (a teacher, its optimiser) for resuming."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -1,0 +1,82 @@
+"""Learning to Reweight Examples (Ren et al. 2018), Algorithm 1, through the shared core.
+
+Each step: the weights eps of the batch start at 0 (lines 5-7: the virtual step is the real
+optimiser's step with a zero loss gradient); d = A^T grad of the validation loss after it
+(lines 8-9); then dR/deps_i is the directional derivative of example i's loss along d
+(line 10), given by one forward-mode JVP, clamped at 0 and normalised to sum 1 with the
+all-zero guard (line 11, Eq. 9); the weighted loss is the real step (lines 12-14).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.core.meta import forward_with_tangent, lookahead_direction, tangent_only
+from pipeline.core.student import cross_entropy
+from pipeline.methods.base import Batch, Method, MethodSettings
+
+
+def normalise_weights(raw: torch.Tensor) -> torch.Tensor:
+    """Eq. 9: clamp at 0, divide by the sum; an all-zero batch keeps zero weights."""
+    w = raw.clamp_min(0)
+    total = w.sum()
+    return w / (total + (total == 0).to(w.dtype))
+
+
+class L2RW(Method):
+    @dataclass(frozen=True)
+    class Settings(MethodSettings):
+        val_batch_size: int | None = None  # None: the schedule's (or the training batch size)
+        fused: bool = (
+            True  # one forward gives the loss graph and the tangents (faster, more memory)
+        )
+
+    def __init__(self, settings, ctx):
+        super().__init__(settings, ctx)
+        self.zero = {k: torch.zeros_like(p) for k, p in ctx.student.model.named_parameters()}
+
+    def weights(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(normalised weights, per-example losses with their graph, validation loss)."""
+        model = self.student.model
+        vx, vy = self.val_batch(self.settings.val_batch_size)
+        direction, val_loss = lookahead_direction(
+            model, self.student.rule(), self.student.momentum(), self.zero, vx, vy
+        )
+
+        def per_example(out):
+            return cross_entropy(out, batch.y)
+
+        if self.settings.fused:
+            losses, tangent = forward_with_tangent(model, batch.x, direction, per_example)
+        else:
+            _, tangent = tangent_only(model, batch.x, direction, per_example)
+            losses = per_example(model(batch.x))
+        w = normalise_weights(-tangent)  # dR/deps_i = tangent_i; descend: -tangent
+        if not torch.isfinite(w.sum()):
+            raise FloatingPointError("L2RW produced non-finite example weights")
+        return w, losses, val_loss
+
+    def step(self, batch: Batch):
+        w, losses, val_loss = self.weights(batch)
+        loss = (w * losses).sum()
+        self.student.update(loss)
+        noisy = self.ctx.data.noise_mask[batch.index]
+        return {
+            "loss": loss.detach(),
+            "val_loss": val_loss,
+            "zero_weight_frac": (w == 0).float().mean(),
+            **weight_by_noise(w, noisy),
+        }
+
+
+def weight_by_noise(w: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean weight of clean and of corrupted examples, times the batch size (1 = uniform).
+    Analysis only: the method never sees which labels are corrupted."""
+    n = len(w)
+    out = {}
+    for name, mask in (("w_clean", ~noisy), ("w_noisy", noisy)):
+        count = mask.sum().clamp_min(1)
+        out[name] = (w * mask).sum() / count * n
+    return out

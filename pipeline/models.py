@@ -1,0 +1,252 @@
+"""Student networks for small images and flat feature vectors.
+
+Every model reaches its logits the same way, so a teacher can read any student's states:
+
+    model(x) == model.classifier(model.features(x))
+
+`features(x)` is the penultimate representation [N, feature_dim]; `feature_maps(x)` lists earlier
+states, each pooled to [N, C_k] (global average pooling for conv maps), from deepest-but-one to
+shallowest; `features_and_maps(x)` gives both from one pass (in train mode every pass updates the
+BatchNorm running statistics, so reading both separately would count the batch twice).
+
+No module works in place (no inplace=True, no += on activations), so the models run under
+torch.func.functional_call, torch.func.jvp and forward-mode dual tensors, BatchNorm in train
+mode included.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class _Student(nn.Module):
+    """The shared interface; subclasses set `classifier` and `feature_dim` and define `_states`."""
+
+    classifier: nn.Linear
+    feature_dim: int
+
+    def _states(self, x: Tensor) -> list[Tensor]:
+        """Internal states from shallowest to deepest; the last one is `features(x)`."""
+        raise NotImplementedError
+
+    def features_and_maps(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        *earlier, last = self._states(x)
+        return last, [s.mean(dim=(2, 3)) if s.dim() == 4 else s for s in reversed(earlier)]
+
+    def features(self, x: Tensor) -> Tensor:
+        return self._states(x)[-1]
+
+    def feature_maps(self, x: Tensor) -> list[Tensor]:
+        return self.features_and_maps(x)[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))
+
+    def _init_weights(self) -> None:
+        # He et al. 2015 init for convs (fan_out keeps backward variance steady); Linear default.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
+class MLP(_Student):
+    """Fully connected ReLU net on the flattened input, dropout after each hidden layer.
+
+    features: the last hidden layer (the flattened input if `hidden` is empty);
+    feature_maps: the earlier hidden layers, deepest first (empty with one hidden layer).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden: Sequence[int] = (256, 256),
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        widths = [in_features, *hidden]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
+        self.dropout = nn.Dropout(dropout)
+        self.feature_dim = widths[-1]
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def _states(self, x: Tensor) -> list[Tensor]:
+        h = x.flatten(1)
+        states = []
+        for layer in self.hidden:
+            h = self.dropout(F.relu(layer(h)))
+            states.append(h)
+        return states or [h]
+
+
+class LeNet(_Student):
+    """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling: conv 5x5 (6) -> pool -> conv 5x5
+    (16) -> pool -> fc 120 -> fc 84 -> classifier. No BatchNorm, as in the original.
+
+    Images under 32 pixels a side get 2 pixels of zero padding in the first conv (LeNet-5 saw
+    28x28 MNIST digits centred in a 32x32 field); images under 12x12 (e.g. 8x8 digits) leave
+    nothing after the second pool and raise ValueError. `image_size` is an int or (H, W).
+
+    features: fc 84; feature_maps: [fc 120, pooled conv 2 (16), pooled conv 1 (6)].
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: int | Sequence[int]):
+        super().__init__()
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        pad = 2 if min(h, w) < 32 else 0
+        fh, fw = (((s + 2 * pad - 4) // 2 - 4) // 2 for s in (h, w))
+        if fh < 1 or fw < 1:
+            raise ValueError(
+                f"LeNet needs images of at least 12x12 (two 5x5 convs, two 2x2 "
+                f"pools), got {h}x{w}; use 'mlp' or 'preact_resnet' instead"
+            )
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=pad)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * fh * fw, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.feature_dim = 84
+        self.classifier = nn.Linear(84, num_classes)
+        self._init_weights()
+
+    def _states(self, x: Tensor) -> list[Tensor]:
+        c1 = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        c2 = F.max_pool2d(F.relu(self.conv2(c1)), 2)
+        f1 = F.relu(self.fc1(c2.flatten(1)))
+        return [c1, c2, f1, F.relu(self.fc2(f1))]
+
+
+class _PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016, "Identity mappings"): BN-ReLU-conv3x3-BN-ReLU-
+    [dropout, as in WRN]-conv3x3 plus the shortcut, a 1x1 conv of the pre-activated input where
+    the shape changes (as in the authors' code) and the identity otherwise."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, dropout: float):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = (
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = F.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(a)
+        out = self.conv2(self.dropout(F.relu(self.bn2(self.conv1(a)))))
+        return out + skip
+
+
+class _PreActNet(_Student):
+    """conv3x3 stem, three stages of `n` blocks (stride 2 before stages 2 and 3), final BN-ReLU,
+    global average pooling (so any input of 8x8 or more works) and the classifier.
+
+    features: the pooled final BN-ReLU; feature_maps: pooled outputs of stages 3, 2, 1.
+    """
+
+    def __init__(
+        self, in_channels: int, num_classes: int, widths: Sequence[int], n: int, dropout: float
+    ):
+        super().__init__()
+        self.stem = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        # Stride 1 into stage 1, 2 into stages 2 and 3; only a stage's first block changes shape.
+        self.stages = nn.ModuleList(
+            nn.Sequential(
+                _PreActBlock(c_in, c_out, 1 if i == 0 else 2, dropout),
+                *(_PreActBlock(c_out, c_out, 1, dropout) for _ in range(n - 1)),
+            )
+            for i, (c_in, c_out) in enumerate(pairwise(widths))
+        )
+        self.bn = nn.BatchNorm2d(widths[-1])  # pre-activation nets end with one more BN-ReLU
+        self.feature_dim = widths[-1]
+        self.classifier = nn.Linear(widths[-1], num_classes)
+        self._init_weights()
+
+    def _states(self, x: Tensor) -> list[Tensor]:
+        h = self.stem(x)
+        states = []
+        for stage in self.stages:
+            h = stage(h)
+            states.append(h)
+        return [*states, F.relu(self.bn(h)).mean(dim=(2, 3))]
+
+
+class PreActResNet(_PreActNet):
+    """Pre-activation ResNet-(6n+2) for CIFAR (He et al. 2016, "Identity mappings in deep
+    residual networks"): stage widths width, 2*width, 4*width; ResNet-32 is depth=32."""
+
+    def __init__(self, in_channels: int, num_classes: int, depth: int, width: int = 16):
+        if (depth - 2) % 6 or depth < 8:
+            raise ValueError(
+                f"PreActResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {depth}"
+            )
+        widths = (width, width, 2 * width, 4 * width)
+        super().__init__(in_channels, num_classes, widths, (depth - 2) // 6, 0.0)
+
+
+class WideResNet(_PreActNet):
+    """Wide ResNet WRN-depth-widen (Zagoruyko & Komodakis 2016, "Wide residual networks"):
+    stage widths 16k, 32k, 64k, dropout between the two convs of each block."""
+
+    def __init__(
+        self, in_channels: int, num_classes: int, depth: int, widen: int = 1, dropout: float = 0.0
+    ):
+        if (depth - 4) % 6 or depth < 10:
+            raise ValueError(
+                f"WideResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth}"
+            )
+        widths = (16, 16 * widen, 32 * widen, 64 * widen)
+        super().__init__(in_channels, num_classes, widths, (depth - 4) // 6, dropout)
+
+
+ARCHITECTURES: dict[str, type[_Student]] = {  # the arch names of params.yaml
+    "mlp": MLP,
+    "lenet": LeNet,
+    "preact_resnet": PreActResNet,
+    "wrn": WideResNet,
+}
+
+
+def build_model(arch: str, in_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
+    """The `arch` network for examples of shape `in_shape` ((C, H, W) or (D,)); `options` are the
+    class's remaining keyword arguments (e.g. depth, width, hidden, dropout)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    cls = ARCHITECTURES[arch]
+    in_shape = tuple(in_shape)
+    if cls is MLP:
+        derived: dict = {"in_features": math.prod(in_shape)}
+    elif len(in_shape) != 3:
+        raise ValueError(f"arch {arch!r} needs image inputs of shape (C, H, W), got {in_shape}")
+    else:
+        derived = {"in_channels": in_shape[0]}
+        if cls is LeNet:
+            derived["image_size"] = in_shape[1:]
+    derived["num_classes"] = num_classes
+    params = inspect.signature(cls).parameters
+    allowed = [name for name in params if name not in derived]
+    for name in options:
+        if name in derived:
+            raise ValueError(f"option {name!r} of arch {arch!r} is set from in_shape/num_classes")
+        if name not in allowed:
+            raise ValueError(f"unknown option {name!r} for arch {arch!r}; it takes {allowed}")
+    missing = [n for n in allowed if n not in options and params[n].default is params[n].empty]
+    if missing:
+        raise ValueError(f"arch {arch!r} needs option(s) {missing}")
+    return cls(**derived, **options)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,185 @@
+"""The noise stage: a train / clean validation / test split and a corruption of the training
+labels, as a function of (dataset, noise setting, seed) only, so every method of an experiment
+sees exactly the same data.
+
+Randomness: the test split of a source without an official one is fixed (seed 0) so that all
+seeds are scored on the same examples; the validation split and the noise follow the run's seed.
+Noise draws one uniform number per training example and flips where it falls below the rate,
+so with one seed the flipped set of a lower rate is contained in that of a higher rate.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import torch
+
+from pipeline.config import DatasetSpec, NoiseSpec
+from pipeline.data import RawDataset
+
+UNLABELLED = -1
+
+
+def generator(*keys: object) -> torch.Generator:
+    """A torch generator seeded from a stable hash of `keys` (Python's hash() is salted)."""
+    return torch.Generator().manual_seed(zlib.crc32(repr(keys).encode()))
+
+
+def _take_per_class(
+    y: torch.Tensor, pool: torch.Tensor, per_class: int, g: torch.Generator
+) -> torch.Tensor:
+    chosen = []
+    for c in y[pool].unique().tolist():
+        members = pool[y[pool] == c]
+        if len(members) < per_class:
+            raise ValueError(f"class {c} has {len(members)} examples, fewer than {per_class}")
+        chosen.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+    return torch.cat(chosen).sort().values
+
+
+def _split_off(
+    pool: torch.Tensor, y: torch.Tensor, size: int | None, per_class: int | None, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Carve (part, rest) out of `pool`: `size` random examples or `per_class` per class."""
+    if per_class is not None:
+        part = _take_per_class(y, pool, per_class, g)
+    else:
+        if size is None or size >= len(pool):
+            raise ValueError(f"cannot carve {size} examples out of {len(pool)}")
+        part = pool[torch.randperm(len(pool), generator=g)[:size]].sort().values
+    rest = pool[~torch.isin(pool, part)]
+    return part, rest
+
+
+def _other_class(y: torch.Tensor, num_classes: int, g: torch.Generator) -> torch.Tensor:
+    """A uniformly drawn class different from y, for each entry."""
+    shift = torch.randint(1, num_classes, y.shape, generator=g)
+    return (y + shift) % num_classes
+
+
+def corrupt(
+    y: torch.Tensor,
+    spec: NoiseSpec,
+    num_classes: int,
+    g: torch.Generator,
+) -> tuple[torch.Tensor, dict]:
+    """Return noisy labels and what was realised beyond the labels (background, similar)."""
+    info: dict = {}
+    if spec.kind not in ("uniform", "flip_similar", "background"):
+        return y.clone(), info
+    flip = torch.rand(y.shape, generator=g) < spec.rate
+    if spec.kind == "uniform":
+        target = _other_class(y, num_classes, g)
+    elif spec.kind == "flip_similar":
+        similar = torch.stack(
+            [torch.randperm(num_classes - 1, generator=g)[:2] for _ in range(num_classes)]
+        )
+        similar = similar + (similar >= torch.arange(num_classes)[:, None]).long()  # skip self
+        pick = torch.randint(0, 2, y.shape, generator=g)
+        target = similar[y, pick]
+        info["similar"] = similar.tolist()
+    else:
+        background = spec.background
+        if background is None:
+            background = int(torch.randint(0, num_classes, (1,), generator=g))
+        target = torch.full_like(y, background)
+        flip &= y != background
+        info["background"] = background
+    return torch.where(flip, target, y), info
+
+
+def transition_matrix(clean: torch.Tensor, noisy: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Realised T[i, j] = fraction of training examples of true class i labelled j."""
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    counts.index_put_((clean, noisy), torch.ones(len(clean), dtype=torch.float64), accumulate=True)
+    return counts / counts.sum(1, keepdim=True).clamp_min(1)
+
+
+def make_split(data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int) -> dict:
+    """Split `data` and corrupt its training labels; see the module docstring."""
+    y = data.y
+    everything = torch.arange(len(y))
+    if data.is_test.any():
+        test, pool = everything[data.is_test], everything[~data.is_test]
+    elif dspec.test_size is not None:
+        test, pool = _split_off(everything, y, dspec.test_size, None, generator(data.name, "test"))
+    else:
+        raise ValueError(f"{data.name} has no test split: set datasets.<name>.test_size")
+
+    classes, label_map = list(range(data.num_classes)), None
+    if spec.kind == "imbalance":  # a binary task: the first class is the minority
+        classes = list(spec.classes)
+        label_map = {c: i for i, c in enumerate(classes)}
+        test, pool = (s[torch.isin(y[s], torch.tensor(classes))] for s in (test, pool))
+        y = y.clone()
+        for c, i in label_map.items():
+            y[data.y == c] = i
+    num_classes = len(classes)
+
+    g = generator(data.name, "split", seed)
+    if spec.kind == "few_labels":  # the labelled examples are the validation (MPL section 3.2)
+        per_class = spec.labels // num_classes
+        val, train = _split_off(pool, y, None, per_class, g)
+    else:
+        val_size = spec.val_size if spec.val_per_class is None else None
+        val, train = _split_off(pool, y, val_size, spec.val_per_class, g)
+    if spec.kind == "imbalance":
+        train = _imbalanced(train, y, spec, g)
+
+    clean = y[train]
+    noisy, info = corrupt(clean, spec, num_classes, generator(data.name, "noise", seed))
+    if spec.kind == "few_labels":
+        noisy = torch.full_like(clean, UNLABELLED)
+    mask = noisy != clean
+    labelled = noisy != UNLABELLED
+    return {
+        "dataset": data.name,
+        "seed": seed,
+        "kind": spec.kind,
+        "num_classes": num_classes,
+        "class_names": [data.classes[c] for c in classes],
+        "label_map": label_map,
+        "train_idx": train,
+        "val_idx": val,
+        "test_idx": test,
+        "train_y": noisy,
+        "train_y_clean": clean,
+        "val_y": y[val],
+        "test_y": y[test],
+        "noise_mask": mask & labelled,
+        "transition": transition_matrix(clean[labelled], noisy[labelled], num_classes),
+        "realised_rate": float(mask[labelled].double().mean()) if labelled.any() else 0.0,
+        **info,
+    }
+
+
+def _imbalanced(
+    pool: torch.Tensor, y: torch.Tensor, spec: NoiseSpec, g: torch.Generator
+) -> torch.Tensor:
+    n_major = round(spec.majority_fraction * spec.train_size)
+    parts = []
+    for label, n in ((0, spec.train_size - n_major), (1, n_major)):
+        members = pool[y[pool] == label]
+        if len(members) < n:
+            raise ValueError(
+                f"imbalance: class {spec.classes[label]} has {len(members)} "
+                f"training examples, fewer than the {n} asked for"
+            )
+        parts.append(members[torch.randperm(len(members), generator=g)[:n]])
+    return torch.cat(parts).sort().values
+
+
+def summary(split: dict) -> dict:
+    """The JSON-able part of a split: sizes, realised rate and transition matrix."""
+    return {
+        "dataset": split["dataset"],
+        "seed": split["seed"],
+        "kind": split["kind"],
+        "num_classes": split["num_classes"],
+        "class_names": split["class_names"],
+        "sizes": {k: len(split[f"{k}_idx"]) for k in ("train", "val", "test")},
+        "labelled_train": int((split["train_y"] != UNLABELLED).sum()),
+        "realised_rate": round(split["realised_rate"], 6),
+        "transition": [[round(v, 6) for v in row] for row in split["transition"].tolist()],
+        **{k: split[k] for k in ("background", "similar", "label_map") if split.get(k)},
+    }

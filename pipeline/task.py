@@ -1,0 +1,73 @@
+"""A run's data, resident on its device: the prepared dataset cut by the noise stage's split.
+
+Images become float tensors normalised with the training split's per-channel mean and std, once,
+so the training loop only indexes tensors (no DataLoader, no per-step host-device copies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline import plan
+from pipeline.io import load_torch
+
+
+@dataclass
+class TaskData:
+    train_x: torch.Tensor
+    train_y: torch.Tensor  # observed (possibly noisy) labels; -1 marks unlabelled examples
+    train_y_clean: torch.Tensor  # the true labels, for analysis only (never trained on)
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    class_names: list[str]
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.train_x.shape[1:])
+
+    @property
+    def noise_mask(self) -> torch.Tensor:
+        return (self.train_y != self.train_y_clean) & (self.train_y >= 0)
+
+
+def normalise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Scale uint8 images to [0, 1] and standardise per channel (per feature for vectors)."""
+
+    def to_float(t: torch.Tensor) -> torch.Tensor:
+        return t.float() / 255 if t.dtype == torch.uint8 else t.float()
+
+    ref = to_float(reference)
+    dims = [0, 2, 3] if ref.dim() == 4 else [0]
+    mean, std = ref.mean(dims, keepdim=True), ref.std(dims, keepdim=True).clamp_min(1e-6)
+    return (to_float(x) - mean) / std
+
+
+def load_task(
+    dataset: str,
+    noise: str,
+    seed: int,
+    device: str | torch.device = "cpu",
+) -> TaskData:
+    raw = load_torch(plan.prepared_path(dataset))
+    split = load_torch(plan.split_path(dataset, noise, seed))
+    x = raw["x"]
+    reference = x[split["train_idx"]]
+    parts = {
+        k: normalise(x[split[f"{k}_idx"]], reference).to(device) for k in ("train", "val", "test")
+    }
+    return TaskData(
+        train_x=parts["train"],
+        train_y=split["train_y"].to(device),
+        train_y_clean=split["train_y_clean"].to(device),
+        val_x=parts["val"],
+        val_y=split["val_y"].to(device),
+        test_x=parts["test"],
+        test_y=split["test_y"].to(device),
+        num_classes=split["num_classes"],
+        class_names=split["class_names"],
+    )

@@ -1,0 +1,194 @@
+"""The train stage: one (experiment, noise setting, method, seed) run.
+
+The loop is the same for every method; the method's `step` does the update. Each epoch ends
+with the clean-validation accuracy in the history and a checkpoint (outside the declared
+outputs), so a killed job resumes at its last finished epoch and ends bit-identical to an
+uninterrupted run on CPU: batch order is a function of (seed, epoch), and the RNG states are
+saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline import plan
+from pipeline.config import Params
+from pipeline.core.student import Student, accuracy, cross_entropy
+from pipeline.io import Progress, load_torch, log, save_torch, write_json
+from pipeline.methods import METHODS
+from pipeline.methods.base import Batch, Context
+from pipeline.models import build_model
+from pipeline.noise import generator
+from pipeline.task import TaskData, load_task
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device is cuda but no CUDA device is available")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Random crop (4-pixel zero padding) and horizontal flip, per example, on x's device."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    dy, dx = (torch.randint(0, 9, (n,), generator=g) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(h)).to(x.device)
+    cols = (dx[:, None] + torch.arange(w)).to(x.device)
+    out = padded[
+        torch.arange(n, device=x.device)[:, None, None, None],
+        torch.arange(x.shape[1], device=x.device)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+    flip = (torch.rand(n, generator=g) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def batches(data: TaskData, batch_size: int, seed: int, epoch: int, augmentation: str):
+    """Full batches of labelled training examples in an order fixed by (seed, epoch)."""
+    g = generator("batches", seed, epoch)
+    labelled = (data.train_y >= 0).nonzero().squeeze(1).cpu()
+    order = labelled[torch.randperm(len(labelled), generator=g)]
+    for i in range(len(order) // batch_size):
+        index = order[i * batch_size : (i + 1) * batch_size].to(data.train_x.device)
+        x = data.train_x[index]
+        if augmentation == "crop_flip":
+            x = augment(x, g)
+        yield Batch(x, data.train_y[index], index)
+
+
+def steps_per_epoch(data: TaskData, batch_size: int) -> int:
+    n = int((data.train_y >= 0).sum())
+    if n < batch_size:
+        raise ValueError(f"{n} labelled training examples, fewer than one batch of {batch_size}")
+    return n // batch_size
+
+
+def finetune(student: Student, data: TaskData, steps: int, seed: int) -> dict:
+    """The papers' "+FT": plain cross-entropy steps on the clean validation split at the
+    final learning rate, after training."""
+    g = generator("finetune", seed)
+    size = min(student.schedule.batch_size, len(data.val_y))
+    total = 0.0
+    for _ in range(steps):
+        index = torch.randperm(len(data.val_y), generator=g)[:size].to(data.val_y.device)
+        loss = cross_entropy(student.model(data.val_x[index]), data.val_y[index]).mean()
+        student.update(loss)
+        total += float(loss)
+    return {
+        "finetune_steps": steps,
+        "step": student.step_count,
+        "loss": round(total / steps, 6),
+        "seconds": 0.0,
+    }
+
+
+def train(
+    p: Params,
+    experiment: str,
+    noise: str,
+    method: str,
+    seed: int,
+    stop_after_epoch: int | None = None,
+) -> Path:
+    """Train one run and write model.pt and history.json; returns the run directory.
+    `stop_after_epoch` simulates an interruption (tests of resuming)."""
+    exp = p.experiments[experiment]
+    schedule = p.schedules[exp.schedule]
+    device = pick_device(p.run.device)
+    if device.type == "cpu":
+        torch.set_num_threads(p.run.threads)
+    out_dir = Path(plan.run_dir(experiment, noise, method, seed))
+    ckpt_path = Path(plan.checkpoint_path(experiment, noise, method, seed))
+
+    data = load_task(exp.dataset, noise, seed, device)
+    torch.manual_seed(int(generator("init", seed).initial_seed()))  # init and dropout
+    spec = p.models[exp.model]
+    model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options).to(device)
+    per_epoch = steps_per_epoch(data, schedule.batch_size)
+    student = Student(model, schedule, per_epoch * schedule.epochs)
+    ctx = Context(student, data, schedule, generator("method", seed))
+    teacher = METHODS[p.method_kind(method)](p.methods[method], ctx)
+
+    history: list[dict] = []
+    best: dict = {"val_acc": -1.0}  # the best-on-validation model (early stopping)
+    start_epoch = 0
+    if ckpt_path.exists():
+        state = load_torch(ckpt_path)
+        student.load_state_dict(state["student"])
+        teacher.load_state_dict(state["method"])
+        ctx.generator.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"]
+        log(f"resuming {out_dir} from epoch {start_epoch}")
+
+    progress = Progress(f"train {experiment}/{noise}/{method}/seed{seed} step", student.total_steps)
+    for epoch in range(start_epoch, schedule.epochs):
+        started = time.monotonic()
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        for batch in batches(data, schedule.batch_size, seed, epoch, schedule.augment):
+            for key, value in teacher.step(batch).items():
+                sums[key] = sums.get(key, 0.0) + value
+            progress.update(student.step_count)
+        record = {
+            "epoch": epoch + 1,
+            "step": student.step_count,
+            **{k: round(float(v) / per_epoch, 6) for k, v in sums.items()},
+            "val_acc": round(accuracy(model, data.val_x, data.val_y), 6),
+            "seconds": round(time.monotonic() - started, 2),
+        }
+        history.append(record)
+        if record["val_acc"] > best["val_acc"]:
+            best = {
+                "val_acc": record["val_acc"],
+                "epoch": epoch + 1,
+                "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            }
+        save_torch(
+            {
+                "student": student.state_dict(),
+                "method": teacher.state_dict(),
+                "generator": ctx.generator.get_state(),
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                "history": history,
+                "best": best,
+                "epoch": epoch + 1,
+            },
+            ckpt_path,
+        )
+        progress.update(
+            student.step_count,
+            " ".join(f"{k}={v}" for k, v in record.items() if k not in ("epoch", "seconds")),
+            milestone=True,
+        )
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            return out_dir
+
+    if teacher.settings.finetune_steps:
+        history.append(finetune(student, data, teacher.settings.finetune_steps, seed))
+    save_torch(
+        {
+            "model": model.state_dict(),
+            "method": teacher.state_dict(),
+            "best_val": {"model": best["model"], "epoch": best["epoch"]},
+        },
+        out_dir / "model.pt",
+    )
+    # history.json is committed and compared across runs: no wall-clock times in it.
+    write_json(
+        [{k: v for k, v in r.items() if k != "seconds"} for r in history], out_dir / "history.json"
+    )
+    log(f"trained {out_dir} in {sum(r['seconds'] for r in history):.1f}s of epochs")
+    os.remove(ckpt_path)
+    return out_dir

@@ -1,0 +1,106 @@
+"""params.yaml checking: every mistake is reported with the dotted key at fault."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    DATASET_SOURCES,
+    DatasetSpec,
+    ExperimentSpec,
+    NoiseSpec,
+    ParamsError,
+    ScheduleSpec,
+    load,
+    parse,
+)
+from pipeline.data.sources import SOURCES
+from tests.conftest import REPO
+
+
+def test_repository_params_are_valid():
+    p = load(REPO / "params.yaml")
+    assert p.profile in p.profiles
+    assert p.active_experiments
+
+
+def error_of(raw) -> str:
+    with pytest.raises(ParamsError) as e:
+        parse(raw)
+    return str(e.value)
+
+
+@pytest.mark.parametrize(
+    "edit, key",
+    [
+        (lambda r: r.update(extra=1), "extra"),
+        (lambda r: r["noise"]["uniform40"].update(ratee=0.4), "noise.uniform40.ratee"),
+        (lambda r: r["noise"]["uniform40"].pop("rate"), "noise.uniform40.rate"),
+        (lambda r: r["noise"]["uniform40"].update(rate=1.5), "noise.uniform40.rate"),
+        (lambda r: r["noise"]["uniform40"].update(kind="gaussian"), "noise.uniform40.kind"),
+        (lambda r: r["schedules"]["short"].update(epochs="two"), "schedules.short.epochs"),
+        (lambda r: r["schedules"]["short"].update(lr=True), "schedules.short.lr"),
+        (lambda r: r["schedules"]["short"].update(milestones=[1.5]), "schedules.short.milestones"),
+        (lambda r: r["datasets"]["digits"].update(source="imagenet"), "datasets.digits.source"),
+        (lambda r: r["experiments"]["tiny"].update(dataset="cifar"), "experiments.tiny.dataset"),
+        (
+            lambda r: r["experiments"]["tiny"].update(noise=["clean", "uniform45"]),
+            "experiments.tiny.noise[1]",
+        ),
+        (
+            lambda r: r["experiments"]["tiny"].update(methods=["l2rw_typo"]),
+            "experiments.tiny.methods[0]",
+        ),
+        (lambda r: r["experiments"]["tiny"].update(seeds=[0, 0]), "experiments.tiny.seeds"),
+        (lambda r: r["methods"].update(bogus={"method": "no_such"}), "methods.bogus.method"),
+        (lambda r: r["methods"].update(erm={"lr": 1}), "methods.erm.lr"),
+        (lambda r: r.update(profile="papr"), "profile"),
+        (lambda r: r["profiles"].update(default=["nope"]), "profiles.default[0]"),
+        (lambda r: r["noise"].update({"rate.5": {"kind": "none"}}), "noise.rate.5"),
+        (lambda r: r["run"].update(device="tpu"), "run.device"),
+    ],
+)
+def test_mistakes_name_the_key(tiny_raw, edit, key):
+    edit(tiny_raw)
+    message = error_of(tiny_raw)
+    assert message.startswith(key + ":"), message
+
+
+def test_parse_gives_typed_settings(tiny_raw):
+    p = parse(tiny_raw)
+    assert p.noise["uniform40"].rate == 0.4
+    assert p.schedules["short"].milestones == (0.5,)
+    assert isinstance(p.experiments["tiny"].seeds, tuple)
+    assert p.method_kind("erm") == "erm"
+
+
+def test_schema_and_dataclasses_agree():
+    """The JSON schema lists exactly the fields the dataclasses accept."""
+    schema = yaml.safe_load((REPO / "workflow/schemas/params.schema.yaml").read_text())
+    props = schema["properties"]
+    pairs = [
+        (DatasetSpec, props["datasets"]),
+        (NoiseSpec, props["noise"]),
+        (ScheduleSpec, props["schedules"]),
+        (ExperimentSpec, props["experiments"]),
+    ]
+    for cls, section in pairs:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert set(section["additionalProperties"]["properties"]) == fields, cls.__name__
+    assert props["datasets"]["additionalProperties"]["properties"]["source"]["enum"] == list(
+        DATASET_SOURCES
+    )
+    assert set(DATASET_SOURCES) == set(SOURCES)
+
+
+def test_schema_rejects_what_config_rejects(tiny_raw):
+    import jsonschema
+
+    schema = yaml.safe_load((REPO / "workflow/schemas/params.schema.yaml").read_text())
+    jsonschema.validate(tiny_raw, schema)
+    tiny_raw["noise"]["uniform40"]["ratee"] = 0.4
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(tiny_raw, schema)

@@ -1,0 +1,149 @@
+"""The two workflow engines run the same jobs, lint clean, and run end to end on tiny data."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import plan
+from pipeline.config import load
+from tests.conftest import REPO
+
+BIN = Path(sys.executable).parent
+
+
+def run(*cmd: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    exe = str(BIN / cmd[0]) if (BIN / cmd[0]).exists() else cmd[0]
+    env = {
+        "PATH": f"{BIN}:/usr/bin:/bin",
+        "DVC_NO_ANALYTICS": "1",
+        "HOME": str(Path.home()),
+        "PYTHONPATH": str(REPO),
+    }
+    out = subprocess.run([exe, *cmd[1:]], cwd=cwd, capture_output=True, text=True, env=env)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def snakemake_jobs(cwd: Path) -> dict[str, dict]:
+    """Jobs of Snakemake's dry run, keyed by shell command: inputs, outputs, log."""
+    text = run("snakemake", "-n", "-p", "--forceall", cwd=cwd).stdout
+    jobs = {}
+    for block in re.split(r"\n\[[^\]]+\]\n", text)[1:]:
+        fields = dict(re.findall(r"^\s+(input|output|log): (.*)$", block, re.M))
+        shell = re.search(r"^Shell command: (.*)$", block, re.M)
+        if shell and shell.group(1) != "None":  # rule all has no command
+            jobs[shell.group(1)] = {k: sorted(v.split(", ")) for k, v in fields.items()}
+    return jobs
+
+
+def dvc_jobs(text: str) -> dict[str, dict]:
+    stages = yaml.safe_load(text)["stages"]
+    out = {}
+    for stage in stages.values():
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
+        out[stage["cmd"]] = {"output": sorted(outs), "input": sorted(stage.get("deps", []))}
+    return out
+
+
+def assert_same_jobs(cwd: Path, dvc_text: str) -> None:
+    p = load(cwd / "params.yaml")
+    smk, dvc = snakemake_jobs(cwd), dvc_jobs(dvc_text)
+    assert set(smk) == set(dvc), set(smk) ^ set(dvc)
+    logs = {j.cmd: j.log for j in plan.jobs(p)}
+    for cmd, job in dvc.items():
+        assert smk[cmd]["output"] == job["output"], cmd
+        assert smk[cmd].get("input", []) == job["input"], cmd
+        assert smk[cmd]["log"] == [logs[cmd]], cmd
+
+
+def test_repository_dvc_yaml_is_current():
+    p = load(REPO / "params.yaml")
+    assert (REPO / "dvc.yaml").read_text() == plan.dvc_yaml(p), "run python -m pipeline dvc-yaml"
+
+
+def test_snakemake_and_dvc_agree_on_repository_profile():
+    assert_same_jobs(REPO, (REPO / "dvc.yaml").read_text())
+
+
+def test_snakemake_and_dvc_agree_on_tiny_profile(workdir):
+    assert_same_jobs(workdir, plan.dvc_yaml(load("params.yaml")))
+
+
+def test_drift_is_detected(workdir):
+    """A rule whose command differs from the plan makes the comparison fail."""
+    rules = workdir / "workflow/rules/report.smk"
+    rules.write_text(
+        rules.read_text().replace(
+            "--experiment {wildcards.experiment}", "--experiment {wildcards.experiment} -v"
+        )
+    )
+    with pytest.raises(AssertionError):
+        assert_same_jobs(workdir, plan.dvc_yaml(load("params.yaml")))
+
+
+def test_lint_and_format():
+    run("snakemake", "--lint", cwd=REPO)
+    run("snakefmt", "--check", "Snakefile", "workflow/rules", cwd=REPO)
+    run("ruff", "check", ".", cwd=REPO)
+    run("ruff", "format", "--check", ".", cwd=REPO)
+
+
+def test_bad_params_fail_before_any_job(workdir):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["schedules"]["short"]["epochs"] = "two"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    out = run("snakemake", "--cores", "1", cwd=workdir, check=False)
+    assert out.returncode != 0
+    assert "epochs" in out.stdout + out.stderr
+    assert not Path("results").exists()
+
+
+def test_config_overrides_are_refused(workdir):
+    out = run("snakemake", "-n", "--config", "profile=other", cwd=workdir, check=False)
+    assert out.returncode != 0 and "params.yaml" in out.stdout + out.stderr
+
+
+def test_snakemake_end_to_end_is_deterministic(workdir):
+    run("snakemake", "--cores", "2", cwd=workdir)
+    tables = sorted(Path("results/tables").glob("*"))
+    assert [t.name for t in tables] == ["tiny.csv", "tiny.md"]
+    first = {t: t.read_bytes() for t in tables}
+    figure = Path("results/figures/tiny.png").read_bytes()
+    md = first[Path("results/tables/tiny.md")].decode()
+    assert "| erm |" in md and "±" in md
+    assert Path("results/logs/train/tiny-uniform40-erm-seed0.log").read_text()
+    run("snakemake", "--cores", "2", "--forceall", cwd=workdir)
+    assert {t: t.read_bytes() for t in tables} == first
+    assert Path("results/figures/tiny.png").read_bytes() == figure
+
+
+def test_dvc_repro_reruns_only_what_a_noise_rate_touches(workdir):
+    Path("dvc.yaml").write_text(plan.dvc_yaml(load("params.yaml")))
+    run("git", "init", "-q", cwd=workdir)
+    run("dvc", "init", "-q", cwd=workdir)
+    run("dvc", "config", "core.analytics", "false", cwd=workdir)
+    first = run("dvc", "repro", cwd=workdir).stdout
+    assert first.count("Running stage") == len(plan.jobs(load("params.yaml")))
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["noise"]["uniform40"]["rate"] = 0.3
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    second = run("dvc", "repro", cwd=workdir).stdout
+    ran = sorted(re.findall(r"Running stage '([^']+)'", second))
+    assert ran == sorted(
+        [
+            "noise-digits-uniform40-seed0",
+            "noise-digits-uniform40-seed1",
+            "train-tiny-uniform40-erm-seed0",
+            "train-tiny-uniform40-erm-seed1",
+            "evaluate-tiny-uniform40-erm-seed0",
+            "evaluate-tiny-uniform40-erm-seed1",
+            "report-tiny",
+        ]
+    )

@@ -1,0 +1,17 @@
+# Tables and the figure of one experiment, from the metrics of all its runs.
+
+
+rule report:
+    input:
+        lambda wc: plan.report_job(P, wc.experiment).deps,
+    output:
+        plan.table_paths("{experiment}"),
+        plan.figure_path("{experiment}"),
+    log:
+        plan.log_path("report", "{experiment}"),
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        settings=lambda wc: settings(plan.report_job(P, wc.experiment)),
+    shell:
+        "python -m pipeline report --experiment {wildcards.experiment}"

