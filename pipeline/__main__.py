@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -59,20 +60,22 @@ def cmd_noise(p, args) -> None:
     )
 
 
+def _run(args) -> plan.Run:
+    return plan.Run(**{f.name: getattr(args, f.name) for f in dataclasses.fields(plan.Run)})
+
+
 def cmd_train(p, args) -> None:
     from pipeline.train import train
 
-    train(p, args.experiment, args.noise, args.method, args.seed)
+    train(p, _run(args))
 
 
 def cmd_evaluate(p, args) -> None:
     from pipeline.evaluate import evaluate
 
-    m = evaluate(p, args.experiment, args.noise, args.method, args.seed)
-    print(
-        f"{args.experiment}/{args.noise}/{args.method}/seed{args.seed}: "
-        f"test accuracy {m['test']['accuracy']:.2f}%"
-    )
+    run = _run(args)
+    m = evaluate(p, run)
+    print(f"{run.name}: test accuracy {m['test']['accuracy']:.2f}%")
 
 
 def cmd_report(p, args) -> None:
@@ -81,11 +84,33 @@ def cmd_report(p, args) -> None:
     print(report(p, args.experiment).to_string(index=False))
 
 
+def cmd_weights(p, args) -> None:
+    """Figure: the example weights of clean and corrupted examples (Ren et al. Figure 3)."""
+    from pipeline.report import weights_figure
+
+    weights_figure(p, args.experiment)
+
+
+def cmd_bench(args) -> None:
+    """Step time and peak memory of each method relative to ERM (see pipeline/bench.py)."""
+    from pipeline.bench import run
+
+    run(args.cases, args.steps, args.device, args.out)
+
+
+def _bench_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cases",
+        help="model:batch list, e.g. resnet32:512,wrn_28_10:100 (default: a CPU or a GPU set)",
+    )
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--out", default="results/bench", help="output folder")
+
+
 def _run_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--experiment", required=True)
-    parser.add_argument("--noise", required=True)
-    parser.add_argument("--method", required=True)
-    parser.add_argument("--seed", required=True, type=int)
+    for f in dataclasses.fields(plan.Run):
+        parser.add_argument(f"--{f.name}", required=True, type=int if f.name == "seed" else str)
 
 
 STAGES = {
@@ -103,6 +128,8 @@ STAGES = {
     "train": (cmd_train, _run_args),
     "evaluate": (cmd_evaluate, _run_args),
     "report": (cmd_report, lambda s: s.add_argument("--experiment", required=True)),
+    "weights": (cmd_weights, lambda s: s.add_argument("--experiment", required=True)),
+    "bench": (cmd_bench, _bench_args),
 }
 
 
@@ -128,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         if add_args:
             add_args(s)
     args = parser.parse_args(argv)
+    if args.stage == "bench":  # needs no params.yaml (runs on a bare GPU machine)
+        cmd_bench(args)
+        return 0
     try:
         p = load(args.params)
         _check_names(p, args)

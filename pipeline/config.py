@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 PARAMS_FILE = "params.yaml"
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: DVC reads dotted keys as nesting
 
@@ -142,6 +140,7 @@ class NoiseSpec:
     imbalance: binary task on `classes` (the second is the majority) with `train_size` training
         examples of which `majority_fraction` are the majority (L2RW section 4.1).
     few_labels: `labels` labelled training examples (class-balanced), the rest unlabelled (MPL).
+    train_size (other kinds): keep a random subset of that many training examples.
     """
 
     kind: Literal[tuple(NOISE_FIELDS)]  # type: ignore[valid-type]
@@ -220,6 +219,9 @@ class ExperimentSpec:
     seeds: tuple[int, ...]
     title: str = ""
     figure: str | None = None  # noise field on the x axis of the experiment's figure
+    early_stopping: bool = False  # also report each method's best-on-validation epoch (+ES)
+    weights_figure: bool = False  # a figure of the weights a reweighting method gave
+    reported: tuple[str, ...] = ()  # entries of pipeline/reported.yaml to show beside ours
 
     def check(self, where: str) -> None:
         for key in ("noise", "methods", "seeds"):
@@ -230,6 +232,21 @@ class ExperimentSpec:
                 raise ParamsError(f"{where}.{key}: has duplicates")
         if self.figure is not None and self.figure not in NoiseSpec.__dataclass_fields__:
             raise ParamsError(f"{where}.figure: {self.figure!r} is not a noise setting field")
+        known = reported_numbers()
+        for i, name in enumerate(self.reported):
+            if name not in known:
+                raise ParamsError(
+                    f"{where}.reported[{i}]: {name!r} is not in "
+                    f"pipeline/reported.yaml (known: {', '.join(known)})"
+                )
+
+
+def reported_numbers() -> dict:
+    """pipeline/reported.yaml: the numbers the papers report."""
+    import yaml
+
+    with open(Path(__file__).with_name("reported.yaml")) as f:
+        return yaml.safe_load(f)
 
 
 @dataclass(frozen=True)
@@ -353,6 +370,8 @@ def _check_references(p: Params) -> None:
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:
+    import yaml  # imported here: `bench` runs on machines with torch alone
+
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the repository root)")

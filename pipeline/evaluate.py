@@ -7,11 +7,11 @@ import platform
 
 import torch
 
-from pipeline import plan
 from pipeline.config import Params
 from pipeline.core.student import predict
 from pipeline.io import git_revision, load_torch, write_json
 from pipeline.models import build_model
+from pipeline.plan import Run
 from pipeline.task import load_task
 from pipeline.train import pick_device
 
@@ -32,50 +32,57 @@ def classification_metrics(pred: torch.Tensor, y: torch.Tensor, num_classes: int
     }
 
 
-def settings_of(p: Params, experiment: str, noise: str, method: str) -> dict:
+def weight_histogram(sample: dict, edges: tuple = (0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6)) -> dict:
+    """Counts of example weights (times the batch size; 1 = uniform) of clean and corrupted
+    training examples, from the batches a reweighting method kept (see L2RW.record)."""
+    w = torch.cat(sample["weights"]).double()
+    noisy = torch.cat(sample["noisy"])
+    bounds = torch.tensor([*edges, float("inf")], dtype=torch.float64)
+    index = torch.bucketize(w, bounds, right=True) - 1
+    counts = {
+        name: torch.bincount(index[mask], minlength=len(edges)).tolist()
+        for name, mask in (("clean", ~noisy), ("noisy", noisy))
+    }
+    return {"edges": list(edges), **counts}
+
+
+def settings_of(p: Params, run: Run) -> dict:
     """The resolved settings of a run, saved beside its results."""
-    exp = p.experiments[experiment]
     asdict = dataclasses.asdict
     return {
-        "dataset": {exp.dataset: asdict(p.datasets[exp.dataset])},
-        "noise": {noise: asdict(p.noise[noise])},
-        "model": {exp.model: asdict(p.models[exp.model])},
-        "schedule": {exp.schedule: asdict(p.schedules[exp.schedule])},
-        "method": {method: {"method": p.method_kind(method), **asdict(p.methods[method])}},
+        "dataset": {run.dataset: asdict(p.datasets[run.dataset])},
+        "noise": {run.noise: asdict(p.noise[run.noise])},
+        "model": {run.model: asdict(p.models[run.model])},
+        "schedule": {run.schedule: asdict(p.schedules[run.schedule])},
+        "method": {
+            run.method: {"method": p.method_kind(run.method), **asdict(p.methods[run.method])}
+        },
     }
 
 
-def evaluate(p: Params, experiment: str, noise: str, method: str, seed: int) -> dict:
-    exp = p.experiments[experiment]
+def evaluate(p: Params, run: Run) -> dict:
     device = pick_device(p.run.device)
     if device.type == "cpu":
         torch.set_num_threads(p.run.threads)
-    data = load_task(exp.dataset, noise, seed, device)
-    run = plan.run_dir(experiment, noise, method, seed)
-    spec = p.models[exp.model]
+    data = load_task(run.dataset, run.noise, run.seed, device)
+    spec = p.models[run.model]
     model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options).to(device)
-    saved = load_torch(f"{run}/model.pt")
+    saved = load_torch(run.file("model.pt"))
 
     def score(state: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
         model.load_state_dict(state)
         return classification_metrics(predict(model, x).argmax(1), y, data.num_classes)
 
-    best = score(saved["best_val"]["model"], data.test_x, data.test_y)
     val = score(saved["model"], data.val_x, data.val_y)
     test = score(saved["model"], data.test_x, data.test_y)
     metrics = {
-        "experiment": experiment,
-        "noise": noise,
-        "method": method,
-        "seed": seed,
+        **dataclasses.asdict(run),
         # "test": the final model; "test_best_val": the epoch best on the clean validation
         # split (early stopping, the papers' "+ES"), before any fine-tuning.
         "test": test,
-        "test_best_val": best,
-        "best_epoch": saved["best_val"]["epoch"],
         "val_accuracy": val["accuracy"],
         "sizes": {"train": len(data.train_y), "val": len(data.val_y), "test": len(data.test_y)},
-        "settings": settings_of(p, experiment, noise, method),
+        "settings": settings_of(p, run),
         "provenance": {
             "git": git_revision(),
             "torch": torch.__version__,
@@ -83,5 +90,11 @@ def evaluate(p: Params, experiment: str, noise: str, method: str, seed: int) -> 
             "device": device.type,
         },
     }
-    write_json(metrics, f"{run}/metrics.json")
+    if saved["best_val"]:  # absent after fine-tuning, which follows the last epoch
+        metrics["test_best_val"] = score(saved["best_val"]["model"], data.test_x, data.test_y)
+        metrics["best_epoch"] = saved["best_val"]["epoch"]
+    sample = saved["method"].get("weight_sample")
+    if sample and sample["weights"]:
+        metrics["weight_histogram"] = weight_histogram(sample)
+    write_json(metrics, run.file("metrics.json"))
     return metrics

@@ -125,6 +125,10 @@ def make_split(data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int)
         val, train = _split_off(pool, y, val_size, spec.val_per_class, g)
     if spec.kind == "imbalance":
         train = _imbalanced(train, y, spec, g)
+    elif spec.train_size is not None:  # a random subset of the training split
+        if spec.train_size > len(train):
+            raise ValueError(f"train_size {spec.train_size} exceeds the {len(train)} available")
+        train = train[torch.randperm(len(train), generator=g)[: spec.train_size]].sort().values
 
     clean = y[train]
     noisy, info = corrupt(clean, spec, num_classes, generator(data.name, "noise", seed))

@@ -1,18 +1,53 @@
 """The experiment grid as jobs: every path and command of every stage is defined here once.
 
-The Snakemake rules (workflow/rules/*.smk) name the same paths through these functions, and
-dvc.yaml is generated from `jobs()`; tests/test_workflow.py checks that Snakemake's DAG and
-dvc.yaml list the same jobs with the same commands and outputs.
+A run is identified by what determines its result (dataset, model, schedule, noise setting,
+method, seed), not by the experiment that asks for it, so experiments that share a setting
+(a sweep point and a table cell, say) share the run. The Snakemake rules name the same paths
+through these functions, dvc.yaml is generated from `jobs()`, and tests/test_workflow.py
+checks that Snakemake's DAG and dvc.yaml list the same jobs, commands and outputs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, fields
 
 from pipeline.config import Params
 
 DATA = "results/data"
 RUNS = "results/runs"
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    model: str
+    schedule: str
+    noise: str
+    method: str
+    seed: int | str  # str: a Snakemake wildcard pattern
+
+    @property
+    def dir(self) -> str:
+        return "/".join([RUNS, *map(str, astuple(self)[:-1]), f"seed{self.seed}"])
+
+    def file(self, name: str) -> str:
+        return f"{self.dir}/{name}"
+
+    @property
+    def checkpoint(self) -> str:
+        """Resume state, deliberately outside the declared outputs (both engines delete those)."""
+        return self.dir.replace(RUNS, "results/checkpoints", 1) + ".pt"
+
+    @property
+    def name(self) -> str:
+        return "-".join(str(v) for v in astuple(self)[:-1]) + f"-seed{self.seed}"
+
+    @property
+    def args(self) -> str:
+        return "".join(f" --{f.name} {getattr(self, f.name)}" for f in fields(self))
+
+
+WILDCARDS = Run(*(f"{{{f.name}}}" for f in fields(Run)))  # paths with Snakemake wildcards
 
 
 def prepared_path(dataset: str) -> str:
@@ -27,19 +62,6 @@ def split_summary_path(dataset: str, noise: str, seed: int | str) -> str:
     return f"results/noise/{dataset}/{noise}/seed{seed}.json"
 
 
-def run_dir(experiment: str, noise: str, method: str, seed: int | str) -> str:
-    return f"{RUNS}/{experiment}/{noise}/{method}/seed{seed}"
-
-
-def run_file(experiment: str, noise: str, method: str, seed: int | str, name: str) -> str:
-    return f"{run_dir(experiment, noise, method, seed)}/{name}"
-
-
-def checkpoint_path(experiment: str, noise: str, method: str, seed: int | str) -> str:
-    """Resume state, deliberately outside the declared outputs (both engines delete those)."""
-    return f"results/checkpoints/{experiment}/{noise}/{method}/seed{seed}.pt"
-
-
 def log_path(stage: str, name: str) -> str:
     return f"results/logs/{stage}/{name}.log"
 
@@ -50,6 +72,10 @@ def table_paths(experiment: str) -> list[str]:
 
 def figure_path(experiment: str) -> str:
     return f"results/figures/{experiment}.png"
+
+
+def weights_figure_path(experiment: str) -> str:
+    return f"results/figures/weights/{experiment}.png"
 
 
 @dataclass(frozen=True)
@@ -93,37 +119,18 @@ def noise_job(p: Params, dataset: str, noise: str, seed: int) -> Job:
     )
 
 
-def train_job(p: Params, experiment: str, noise: str, method: str, seed: int) -> Job:
-    exp = p.experiments[experiment]
-    out = run_dir(experiment, noise, method, seed)
+def train_job(p: Params, run: Run) -> Job:
+    """Train, then score the model on the test split in the same process (a separate
+    evaluate job would cost a second torch start-up per run; `python -m pipeline evaluate`
+    re-scores a saved model on demand)."""
+    committed = (run.file("history.json"), run.file("metrics.json"))
     return Job(
-        f"train-{experiment}-{noise}-{method}-seed{seed}",
-        _cmd("train", experiment=experiment, noise=noise, method=method, seed=seed),
-        (prepared_path(exp.dataset), split_path(exp.dataset, noise, seed)),
-        (f"{out}/model.pt", f"{out}/history.json"),
-        (
-            f"experiments.{experiment}.dataset",
-            f"experiments.{experiment}.model",
-            f"experiments.{experiment}.schedule",
-            f"models.{exp.model}",
-            f"schedules.{exp.schedule}",
-            f"methods.{method}",
-            "run",
-        ),
-        committed=(f"{out}/history.json",),
-    )
-
-
-def evaluate_job(p: Params, experiment: str, noise: str, method: str, seed: int) -> Job:
-    exp = p.experiments[experiment]
-    out = run_dir(experiment, noise, method, seed)
-    return Job(
-        f"evaluate-{experiment}-{noise}-{method}-seed{seed}",
-        _cmd("evaluate", experiment=experiment, noise=noise, method=method, seed=seed),
-        (prepared_path(exp.dataset), split_path(exp.dataset, noise, seed), f"{out}/model.pt"),
-        (f"{out}/metrics.json",),
-        ("run",),
-        committed=(f"{out}/metrics.json",),
+        f"train-{run.name}",
+        "python -m pipeline train" + run.args,
+        (prepared_path(run.dataset), split_path(run.dataset, run.noise, run.seed)),
+        (run.file("model.pt"), *committed),
+        (f"models.{run.model}", f"schedules.{run.schedule}", f"methods.{run.method}", "run"),
+        committed=committed,
     )
 
 
@@ -133,17 +140,35 @@ def report_job(p: Params, experiment: str) -> Job:
     return Job(
         f"report-{experiment}",
         _cmd("report", experiment=experiment),
-        tuple(f"{run_dir(experiment, *r)}/metrics.json" for r in runs(p, experiment)),
+        tuple(r.file("metrics.json") for r in runs(p, experiment)),
         outs,
         (f"experiments.{experiment}", *(f"noise.{n}" for n in exp.noise)),
         committed=outs,
     )
 
 
-def runs(p: Params, experiment: str) -> list[tuple[str, str, int]]:
-    """(noise, method, seed) of every run of an experiment, in table order."""
-    exp = p.experiments[experiment]
-    return [(n, m, s) for n in exp.noise for m in exp.methods for s in exp.seeds]
+def weights_job(p: Params, experiment: str) -> Job:
+    """The distribution of the example weights of clean and corrupted examples."""
+    out = weights_figure_path(experiment)
+    return Job(
+        f"weights-{experiment}",
+        _cmd("weights", experiment=experiment),
+        tuple(r.file("metrics.json") for r in runs(p, experiment)),
+        (out,),
+        (f"experiments.{experiment}",),
+        committed=(out,),
+    )
+
+
+def runs(p: Params, experiment: str) -> list[Run]:
+    """Every run of an experiment, in table order."""
+    e = p.experiments[experiment]
+    return [
+        Run(e.dataset, e.model, e.schedule, n, m, s)
+        for n in e.noise
+        for m in e.methods
+        for s in e.seeds
+    ]
 
 
 def jobs(p: Params) -> list[Job]:
@@ -152,10 +177,12 @@ def jobs(p: Params) -> list[Job]:
     for name, exp in p.active_experiments.items():
         found = [prepare_job(p, exp.dataset)]
         found += [noise_job(p, exp.dataset, n, s) for n in exp.noise for s in exp.seeds]
-        for n, m, s in runs(p, name):
-            found += [train_job(p, name, n, m, s), evaluate_job(p, name, n, m, s)]
+        for run in runs(p, name):
+            found.append(train_job(p, run))
         found.append(report_job(p, name))
-        out.update((j.name, j) for j in found)
+        if exp.weights_figure:
+            found.append(weights_job(p, name))
+        out.update((j.name, j) for j in found if j.name not in out)
     return list(out.values())
 
 
@@ -172,18 +199,19 @@ def param_values(p: Params, job: Job) -> dict:
 
 def job_for(p: Params, stage: str, args: dict) -> Job | None:
     """The job of a pipeline stage called with these arguments (None for helper commands)."""
+    if stage == "train":
+        return train_job(p, Run(**args))
     make = {
         "prepare": prepare_job,
         "noise": noise_job,
-        "train": train_job,
-        "evaluate": evaluate_job,
         "report": report_job,
+        "weights": weights_job,
     }.get(stage)
     return make(p, **args) if make else None
 
 
 def final_targets(p: Params) -> list[str]:
-    return [o for j in jobs(p) if j.name.startswith("report-") for o in j.outs]
+    return [o for j in jobs(p) if j.name.startswith(("report-", "weights-")) for o in j.outs]
 
 
 def dvc_yaml(p: Params) -> str:

@@ -11,7 +11,7 @@ import math
 import pandas as pd
 
 from pipeline import plan
-from pipeline.config import Params
+from pipeline.config import Params, reported_numbers
 from pipeline.io import read_json, write_text
 
 
@@ -28,11 +28,22 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 
 def collect(p: Params, experiment: str) -> pd.DataFrame:
-    """One row per run: noise setting, method, seed and test metrics."""
+    """One row per run and reported model: noise setting, row name, seed, test metrics.
+    Row names are the method names, and "<method> +ES" for the best-on-validation epoch."""
+    exp = p.experiments[experiment]
     rows = []
-    for noise, method, seed in plan.runs(p, experiment):
-        m = read_json(f"{plan.run_dir(experiment, noise, method, seed)}/metrics.json")
-        rows.append({"noise": noise, "method": method, "seed": seed, **m["test"]})
+    for run in plan.runs(p, experiment):
+        m = read_json(run.file("metrics.json"))
+        rows.append({"noise": run.noise, "method": run.method, "seed": run.seed, **m["test"]})
+        if exp.early_stopping and "test_best_val" in m:
+            rows.append(
+                {
+                    "noise": run.noise,
+                    "method": f"{run.method} +ES",
+                    "seed": run.seed,
+                    **m["test_best_val"],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -53,24 +64,36 @@ def summarise(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
 
 
 def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "accuracy") -> str:
+    """Rows: our methods (and +ES rows), then methods only the papers ran; columns: our noise
+    settings, then the papers' numbers for the analogous setting."""
     exp = p.experiments[experiment]
+    reported = reported_numbers()
+    papers = [reported[name] for name in exp.reported]
     cell = {
         (r.noise, r.method): f"{r[f'{metric}_mean']:.2f} ± {r[f'{metric}_ci95']:.2f}"
         for _, r in summary.iterrows()
     }
+    ours = list(dict.fromkeys(summary["method"]))
+    theirs = [k for paper in papers for k in paper["values"] if k not in ours]
+    header = ["method", *exp.noise, *(f"paper [{i + 1}]" for i in range(len(papers)))]
     lines = [
         f"# {exp.title or experiment}",
         "",
         f"Test {metric} (%), mean ± 95% CI over {len(exp.seeds)} seeds "
         f"({', '.join(map(str, exp.seeds))}); dataset {exp.dataset}, model {exp.model}, "
-        f"schedule {exp.schedule}; final model.",
+        f'schedule {exp.schedule}. Rows are the final model; "+ES" rows the epoch best '
+        "on the clean validation split.",
         "",
-        "| method | " + " | ".join(exp.noise) + " |",
-        "|---|" + "---|" * len(exp.noise),
+        "| " + " | ".join(header) + " |",
+        "|---" * len(header) + "|",
     ]
-    for method in exp.methods:
-        lines.append(f"| {method} | " + " | ".join(cell[(n, method)] for n in exp.noise) + " |")
-    return "\n".join(lines) + "\n"
+    for row in ours + list(dict.fromkeys(theirs)):
+        label = row if row in ours else f"{row} (reported)"
+        values = [cell.get((n, row), "—") for n in exp.noise]
+        values += [paper["values"].get(row, "—") for paper in papers]
+        lines.append(f"| {label} | " + " | ".join(values) + " |")
+    lines += [""] + [f"[{i + 1}] {paper['label']}" for i, paper in enumerate(papers)]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def figure(
@@ -89,7 +112,7 @@ def figure(
     else:
         xs, xlabel = list(range(len(exp.noise))), "noise setting"
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
-    for method in exp.methods:
+    for method in exp.methods:  # the final models (no +ES rows)
         rows = summary.set_index(["noise", "method"]).loc[[(n, method) for n in exp.noise]]
         ax.errorbar(
             xs,
@@ -120,3 +143,44 @@ def report(p: Params, experiment: str) -> pd.DataFrame:
     write_text(markdown(p, experiment, summary), md_path)
     figure(p, experiment, summary, plan.figure_path(experiment))
     return summary
+
+
+def weights_figure(p: Params, experiment: str) -> None:
+    """Histogram of the weights (times the batch size) given to clean and to corrupted
+    training examples half-way through training, summed over seeds: one panel per noise
+    setting and reweighting method (Ren et al. Figure 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: dict[tuple[str, str], dict] = {}
+    for run in plan.runs(p, experiment):
+        hist = read_json(run.file("metrics.json")).get("weight_histogram")
+        if hist:
+            zeros = [0] * len(hist["clean"])
+            total = panels.setdefault(
+                (run.noise, run.method), {"edges": hist["edges"], "clean": zeros, "noisy": zeros}
+            )
+            for key in ("clean", "noisy"):
+                total[key] = [a + b for a, b in zip(total[key], hist[key], strict=True)]
+    if not panels:
+        raise ValueError(f"{experiment}: no run recorded example weights (use l2rw)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    for ax, ((noise, method), h) in zip(axes[0], panels.items(), strict=True):
+        labels = [f"{a:g}-{b:g}" for a, b in zip(h["edges"], [*h["edges"][1:], "inf"], strict=True)]
+        pos = range(len(labels))
+        for k, key in enumerate(("clean", "noisy")):
+            counts = h[key]
+            share = [c / max(sum(counts), 1) for c in counts]
+            ax.bar([i + 0.4 * k for i in pos], share, 0.4, label=f"{key} labels")
+        ax.set_xticks([i + 0.2 for i in pos], labels, rotation=45, fontsize=7)
+        ax.set(xlabel="weight x batch size", ylabel="fraction of examples")
+        ax.set_title(f"{method}, {noise}", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    from pipeline.io import atomic_path
+
+    with atomic_path(plan.weights_figure_path(experiment)) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)

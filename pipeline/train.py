@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from pipeline import plan
 from pipeline.config import Params
 from pipeline.core.student import Student, accuracy, cross_entropy
 from pipeline.io import Progress, load_torch, log, save_torch, write_json
@@ -23,6 +22,7 @@ from pipeline.methods import METHODS
 from pipeline.methods.base import Batch, Context
 from pipeline.models import build_model
 from pipeline.noise import generator
+from pipeline.plan import Run
 from pipeline.task import TaskData, load_task
 
 
@@ -90,32 +90,23 @@ def finetune(student: Student, data: TaskData, steps: int, seed: int) -> dict:
     }
 
 
-def train(
-    p: Params,
-    experiment: str,
-    noise: str,
-    method: str,
-    seed: int,
-    stop_after_epoch: int | None = None,
-) -> Path:
+def train(p: Params, run: Run, stop_after_epoch: int | None = None) -> Path:
     """Train one run and write model.pt and history.json; returns the run directory.
     `stop_after_epoch` simulates an interruption (tests of resuming)."""
-    exp = p.experiments[experiment]
-    schedule = p.schedules[exp.schedule]
+    schedule, seed = p.schedules[run.schedule], run.seed
     device = pick_device(p.run.device)
     if device.type == "cpu":
         torch.set_num_threads(p.run.threads)
-    out_dir = Path(plan.run_dir(experiment, noise, method, seed))
-    ckpt_path = Path(plan.checkpoint_path(experiment, noise, method, seed))
+    out_dir, ckpt_path = Path(run.dir), Path(run.checkpoint)
 
-    data = load_task(exp.dataset, noise, seed, device)
+    data = load_task(run.dataset, run.noise, seed, device)
     torch.manual_seed(int(generator("init", seed).initial_seed()))  # init and dropout
-    spec = p.models[exp.model]
+    spec = p.models[run.model]
     model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options).to(device)
     per_epoch = steps_per_epoch(data, schedule.batch_size)
     student = Student(model, schedule, per_epoch * schedule.epochs)
     ctx = Context(student, data, schedule, generator("method", seed))
-    teacher = METHODS[p.method_kind(method)](p.methods[method], ctx)
+    teacher = METHODS[p.method_kind(run.method)](p.methods[run.method], ctx)
 
     history: list[dict] = []
     best: dict = {"val_acc": -1.0}  # the best-on-validation model (early stopping)
@@ -131,7 +122,7 @@ def train(
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
         log(f"resuming {out_dir} from epoch {start_epoch}")
 
-    progress = Progress(f"train {experiment}/{noise}/{method}/seed{seed} step", student.total_steps)
+    progress = Progress(f"train {run.name} step", student.total_steps)
     for epoch in range(start_epoch, schedule.epochs):
         started = time.monotonic()
         model.train()
@@ -181,7 +172,10 @@ def train(
         {
             "model": model.state_dict(),
             "method": teacher.state_dict(),
-            "best_val": {"model": best["model"], "epoch": best["epoch"]},
+            # the best-on-validation epoch ("+ES"); none after fine-tuning, which follows it
+            "best_val": None
+            if teacher.settings.finetune_steps
+            else {"model": best["model"], "epoch": best["epoch"]},
         },
         out_dir / "model.pt",
     )
@@ -190,5 +184,9 @@ def train(
         [{k: v for k, v in r.items() if k != "seconds"} for r in history], out_dir / "history.json"
     )
     log(f"trained {out_dir} in {sum(r['seconds'] for r in history):.1f}s of epochs")
+    from pipeline.evaluate import evaluate
+
+    metrics = evaluate(p, run)
+    log(f"test accuracy {metrics['test']['accuracy']:.2f}%")
     os.remove(ckpt_path)
     return out_dir

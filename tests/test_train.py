@@ -13,6 +13,9 @@ from pipeline.config import load
 from pipeline.io import load_torch, read_json
 from pipeline.train import train
 
+RUN = plan.Run("digits", "mlp", "short", "uniform40", "erm", 0)
+RUN_ARGS = ["--dataset", "digits", "--model", "mlp", "--schedule", "short", "--method", "erm"]
+
 
 @pytest.fixture
 def prepared(workdir):
@@ -22,75 +25,41 @@ def prepared(workdir):
     return load("params.yaml")
 
 
-def model_state(run_dir: Path) -> dict:
-    return load_torch(run_dir / "model.pt")["model"]
+def model_state(run: plan.Run) -> dict:
+    return load_torch(run.file("model.pt"))["model"]
 
 
-def test_interrupted_run_resumes_to_the_same_weights(prepared, tmp_path):
-    p = prepared
-    run = Path(plan.run_dir("tiny", "uniform40", "erm", 0))
-    ckpt = Path(plan.checkpoint_path("tiny", "uniform40", "erm", 0))
-    train(p, "tiny", "uniform40", "erm", 0)
-    reference, history = model_state(run), (run / "history.json").read_text()
-    assert not ckpt.exists()  # removed once the outputs are written
+def test_interrupted_run_resumes_to_the_same_weights(prepared):
+    train(prepared, RUN)
+    reference, history = model_state(RUN), Path(RUN.file("history.json")).read_text()
+    checkpoint = Path(RUN.checkpoint)
+    assert not checkpoint.exists()  # removed once the outputs are written
 
-    (run / "model.pt").unlink()
-    train(p, "tiny", "uniform40", "erm", 0, stop_after_epoch=1)  # "killed" after epoch 1
-    assert ckpt.exists() and not (run / "model.pt").exists()
-    assert load_torch(ckpt)["epoch"] == 1
-    train(p, "tiny", "uniform40", "erm", 0)  # resumes at epoch 2
-    resumed = model_state(run)
+    Path(RUN.file("model.pt")).unlink()
+    train(prepared, RUN, stop_after_epoch=1)  # "killed" after epoch 1
+    assert checkpoint.exists() and not Path(RUN.file("model.pt")).exists()
+    assert load_torch(checkpoint)["epoch"] == 1
+    train(prepared, RUN)  # resumes at epoch 2
+    resumed = model_state(RUN)
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
-    assert (run / "history.json").read_text() == history
+    assert Path(RUN.file("history.json")).read_text() == history
 
 
 def test_erm_learns_and_is_scored_on_test(prepared):
-    assert (
-        main(
-            ["train", "--experiment", "tiny", "--noise", "clean", "--method", "erm", "--seed", "0"]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "evaluate",
-                "--experiment",
-                "tiny",
-                "--noise",
-                "clean",
-                "--method",
-                "erm",
-                "--seed",
-                "0",
-            ]
-        )
-        == 0
-    )
-    m = read_json(Path(plan.run_dir("tiny", "clean", "erm", 0)) / "metrics.json")
+    assert main(["train", "--noise", "clean", *RUN_ARGS, "--seed", "0"]) == 0
+    clean = plan.Run("digits", "mlp", "short", "clean", "erm", 0)
+    m = read_json(clean.file("metrics.json"))  # train scores the model on the test split
+    Path(clean.file("metrics.json")).unlink()
+    assert main(["evaluate", "--noise", "clean", *RUN_ARGS, "--seed", "0"]) == 0  # re-scoring
+    assert read_json(clean.file("metrics.json")) == m
     assert m["sizes"]["test"] == 297 and m["test"]["accuracy"] > 85
     assert m["test"]["error"] == pytest.approx(100 - m["test"]["accuracy"])
     assert m["settings"]["noise"]["clean"]["kind"] == "none" and m["seed"] == 0
-    assert m["provenance"]["git"]
-    history = read_json(Path(plan.run_dir("tiny", "clean", "erm", 0)) / "history.json")
+    assert m["provenance"]["git"] and 1 <= m["best_epoch"] <= 2
+    history = read_json(clean.file("history.json"))
     assert [h["epoch"] for h in history] == [1, 2] and history[-1]["loss"] < history[0]["loss"]
 
 
 def test_unknown_name_on_the_command_line(prepared, capsys):
-    assert (
-        main(
-            [
-                "train",
-                "--experiment",
-                "tiny",
-                "--noise",
-                "uniform45",
-                "--method",
-                "erm",
-                "--seed",
-                "0",
-            ]
-        )
-        == 2
-    )
+    assert main(["train", "--noise", "uniform45", *RUN_ARGS, "--seed", "0"]) == 2
     assert "--noise uniform45" in capsys.readouterr().err

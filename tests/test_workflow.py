@@ -118,7 +118,7 @@ def test_snakemake_end_to_end_is_deterministic(workdir):
     figure = Path("results/figures/tiny.png").read_bytes()
     md = first[Path("results/tables/tiny.md")].decode()
     assert "| erm |" in md and "±" in md
-    assert Path("results/logs/train/tiny-uniform40-erm-seed0.log").read_text()
+    assert Path("results/logs/train/digits-mlp-short-uniform40-erm-seed0.log").read_text()
     run("snakemake", "--cores", "2", "--forceall", cwd=workdir)
     assert {t: t.read_bytes() for t in tables} == first
     assert Path("results/figures/tiny.png").read_bytes() == figure
@@ -140,10 +140,18 @@ def test_dvc_repro_reruns_only_what_a_noise_rate_touches(workdir):
         [
             "noise-digits-uniform40-seed0",
             "noise-digits-uniform40-seed1",
-            "train-tiny-uniform40-erm-seed0",
-            "train-tiny-uniform40-erm-seed1",
-            "evaluate-tiny-uniform40-erm-seed0",
-            "evaluate-tiny-uniform40-erm-seed1",
+            "train-digits-mlp-short-uniform40-erm-seed0",
+            "train-digits-mlp-short-uniform40-erm-seed1",
             "report-tiny",
         ]
     )
+
+
+def test_paper_profile_builds_the_same_dag(workdir):
+    """The paper profile's grid, from the repository's params.yaml, in both engines."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profile"] = "paper"
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    p = load("params.yaml")
+    assert {e.dataset for e in p.active_experiments.values()} == {"cifar10", "cifar100"}
+    assert_same_jobs(workdir, plan.dvc_yaml(p))

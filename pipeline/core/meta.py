@@ -53,6 +53,21 @@ def loss_and_grad(
     return loss.detach(), dict(zip(params, grads, strict=True))
 
 
+def lookahead_loss(
+    model: nn.Module,
+    rule: SGDRule,
+    momentum: Tensors,
+    grads: Tensors,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+) -> torch.Tensor:
+    """R(theta') with theta' = step(theta, grads), differentiable in `grads` and the
+    parameters: the double-backward reference route (Ren et al. Alg. 1, lines 7-9)."""
+    theta1, _ = sgd_step(params_of(model), grads, momentum, rule)
+    out = functional_call(model, (theta1, buffer_copies(model)), (val_x,))
+    return nn.functional.cross_entropy(out, val_y)
+
+
 def lookahead_direction(
     model: nn.Module,
     rule: SGDRule,

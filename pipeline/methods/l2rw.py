@@ -10,10 +10,16 @@ all-zero guard (line 11, Eq. 9); the weighted loss is the real step (lines 12-14
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from pipeline.core.meta import forward_with_tangent, lookahead_direction, tangent_only
+from pipeline.core.meta import (
+    forward_with_tangent,
+    lookahead_direction,
+    lookahead_loss,
+    tangent_only,
+)
 from pipeline.core.student import cross_entropy
 from pipeline.methods.base import Batch, Method, MethodSettings
 
@@ -28,32 +34,65 @@ def normalise_weights(raw: torch.Tensor) -> torch.Tensor:
 class L2RW(Method):
     @dataclass(frozen=True)
     class Settings(MethodSettings):
+        """route: how dR/deps is computed, all exact and equal (tests/test_methods.py):
+        jvp_fused: one training forward with dual tensors gives the loss graph and the
+            tangents (fewest passes; keeps tangent intermediates alive for the backward);
+        jvp: a separate no-grad tangent forward, then an ordinary forward (less memory);
+        double_backward: Algorithm 1 as written (backward on backward), the reference."""
+
         val_batch_size: int | None = None  # None: the schedule's (or the training batch size)
-        fused: bool = (
-            True  # one forward gives the loss graph and the tangents (faster, more memory)
-        )
+        route: Literal["jvp_fused", "jvp", "double_backward"] = "jvp_fused"
+
+    SAMPLED_STEPS = 50  # batches whose weights are kept for the weight-distribution figure
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)
         self.zero = {k: torch.zeros_like(p) for k, p in ctx.student.model.named_parameters()}
+        self.sample: dict[str, list] = {"weights": [], "noisy": []}
+
+    def record(self, w: torch.Tensor, noisy: torch.Tensor) -> None:
+        """Keep the weights (times the batch size) of the batches from half-way through
+        training, as Ren et al. Figure 3 looks at a model trained for half the iterations."""
+        start = self.student.total_steps // 2
+        if start <= self.student.step_count < start + self.SAMPLED_STEPS:
+            self.sample["weights"].append((w.detach() * len(w)).cpu())
+            self.sample["noisy"].append(noisy.cpu())
+
+    def state_dict(self) -> dict:
+        return {"weight_sample": self.sample}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sample = state["weight_sample"]
 
     def weights(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(normalised weights, per-example losses with their graph, validation loss)."""
-        model = self.student.model
+        model, route = self.student.model, self.settings.route
         vx, vy = self.val_batch(self.settings.val_batch_size)
-        direction, val_loss = lookahead_direction(
-            model, self.student.rule(), self.student.momentum(), self.zero, vx, vy
-        )
+        rule, momentum = self.student.rule(), self.student.momentum()
 
         def per_example(out):
             return cross_entropy(out, batch.y)
 
-        if self.settings.fused:
-            losses, tangent = forward_with_tangent(model, batch.x, direction, per_example)
-        else:
-            _, tangent = tangent_only(model, batch.x, direction, per_example)
+        if route == "double_backward":
             losses = per_example(model(batch.x))
-        w = normalise_weights(-tangent)  # dR/deps_i = tangent_i; descend: -tangent
+            eps = torch.zeros_like(losses, requires_grad=True)
+            named = dict(model.named_parameters())
+            grads = torch.autograd.grad(
+                (eps * losses).sum(), list(named.values()), create_graph=True
+            )
+            grads = dict(zip(named, grads, strict=True))
+            val_loss = lookahead_loss(model, rule, momentum, grads, vx, vy)
+            (tangent,) = torch.autograd.grad(val_loss, eps)
+            val_loss = val_loss.detach()
+        else:
+            direction, val_loss = lookahead_direction(model, rule, momentum, self.zero, vx, vy)
+            if route == "jvp_fused":
+                losses, tangent = forward_with_tangent(model, batch.x, direction, per_example)
+            else:
+                _, tangent = tangent_only(model, batch.x, direction, per_example)
+                losses = per_example(model(batch.x))
+        # dR/deps_i = tangent_i; the weights are constants of the step (Alg. 1 line 12).
+        w = normalise_weights(-tangent.detach())
         if not torch.isfinite(w.sum()):
             raise FloatingPointError("L2RW produced non-finite example weights")
         return w, losses, val_loss
@@ -61,8 +100,9 @@ class L2RW(Method):
     def step(self, batch: Batch):
         w, losses, val_loss = self.weights(batch)
         loss = (w * losses).sum()
-        self.student.update(loss)
         noisy = self.ctx.data.noise_mask[batch.index]
+        self.record(w, noisy)
+        self.student.update(loss)
         return {
             "loss": loss.detach(),
             "val_loss": val_loss,

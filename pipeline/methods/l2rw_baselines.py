@@ -77,17 +77,17 @@ class Resample(Method):
         self.members = [(y == c).nonzero().squeeze(1) for c in range(ctx.data.num_classes)]
         self.members = [m for m in self.members if len(m)]
 
+    def draw(self, n: int) -> torch.Tensor:
+        g = self.ctx.generator
+        classes = torch.randint(0, len(self.members), (n,), generator=g)
+        picks = [
+            self.members[c][torch.randint(0, len(self.members[c]), (1,), generator=g)]
+            for c in classes.tolist()
+        ]
+        return torch.cat(picks).to(self.ctx.data.train_x.device)
+
     def step(self, batch: Batch):
-        g, n = self.ctx.generator, len(batch.y)
-        classes = torch.randint(0, len(self.members), (n,), generator=g).tolist()
-        index = torch.stack(
-            [
-                self.members[c][torch.randint(0, len(self.members[c]), (1,), generator=g)[0]]
-                for c in classes
-            ]
-        )
-        index = index.to(batch.x.device)
-        d = self.ctx.data
+        index, d = self.draw(len(batch.y)), self.ctx.data
         loss = cross_entropy(self.student.model(d.train_x[index]), d.train_y[index]).mean()
         self.student.update(loss)
         return {"loss": loss.detach()}
@@ -106,16 +106,19 @@ class HardMining(Method):
         counts = torch.bincount(ctx.data.train_y[ctx.data.train_y >= 0])
         self.majority = int(counts.argmax())
 
+    def keep(self, losses: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mask of the examples trained on: all minority ones, the hardest majority ones."""
+        major = y == self.majority
+        keep = ~major
+        if major.any():
+            k = max(1, round(self.settings.majority_keep * int(major.sum())))
+            hardest = losses.detach().masked_fill(~major, -float("inf")).topk(k).indices
+            keep[hardest] = True
+        return keep
+
     def step(self, batch: Batch):
         losses = cross_entropy(self.student.model(batch.x), batch.y)
-        major = batch.y == self.majority
-        keep = ~major
-        k = max(1, round(self.settings.majority_keep * int(major.sum())))
-        if major.any():
-            hardest = losses.detach().masked_fill(~major, -float("inf")).topk(k).indices
-            keep = keep.clone()
-            keep[hardest] = True
-        loss = losses[keep].mean()
+        loss = losses[self.keep(losses, batch.y)].mean()
         self.student.update(loss)
         return {"loss": loss.detach()}
 

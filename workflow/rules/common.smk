@@ -6,6 +6,8 @@ wildcard_constraints:
     noise=r"[A-Za-z][A-Za-z0-9_-]*",
     method=r"[A-Za-z][A-Za-z0-9_-]*",
     experiment=r"[A-Za-z][A-Za-z0-9_-]*",
+    model=r"[A-Za-z][A-Za-z0-9_-]*",
+    schedule=r"[A-Za-z][A-Za-z0-9_-]*",
     seed=r"\d+",
 
 
@@ -15,7 +17,8 @@ def settings(job):
 
 
 def run_job(stage):
-    """The plan's job for a run's wildcards (its inputs depend on the experiment's dataset)."""
+    """The plan's job for a run's wildcards (its inputs depend on the dataset)."""
     return lambda wc: getattr(plan, f"{stage}_job")(
-        P, wc.experiment, wc.noise, wc.method, int(wc.seed)
+        P,
+        plan.Run(wc.dataset, wc.model, wc.schedule, wc.noise, wc.method, int(wc.seed)),
     )

@@ -15,3 +15,18 @@ rule report:
         settings=lambda wc: settings(plan.report_job(P, wc.experiment)),
     shell:
         "python -m pipeline report --experiment {wildcards.experiment}"
+
+
+rule weights:
+    input:
+        lambda wc: plan.weights_job(P, wc.experiment).deps,
+    output:
+        plan.weights_figure_path("{experiment}"),
+    log:
+        plan.log_path("weights", "{experiment}"),
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        settings=lambda wc: settings(plan.weights_job(P, wc.experiment)),
+    shell:
+        "python -m pipeline weights --experiment {wildcards.experiment}"

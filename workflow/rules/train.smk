@@ -1,14 +1,16 @@
-# Train one run, then score it on the test split.
+# Train one run and score it on the test split (one process: one torch start-up per run). A run is identified by what determines its
+# result (dataset, model, schedule, noise, method, seed), so experiments share runs.
 
 
 rule train:
     input:
         lambda wc: run_job("train")(wc).deps,
     output:
-        plan.run_file("{experiment}", "{noise}", "{method}", "{seed}", "model.pt"),
-        plan.run_file("{experiment}", "{noise}", "{method}", "{seed}", "history.json"),
+        plan.WILDCARDS.file("model.pt"),
+        plan.WILDCARDS.file("history.json"),
+        plan.WILDCARDS.file("metrics.json"),
     log:
-        plan.log_path("train", "{experiment}-{noise}-{method}-seed{seed}"),
+        plan.log_path("train", plan.WILDCARDS.name),
     conda:
         "../envs/pipeline.yaml"
     threads: P.run.threads
@@ -17,21 +19,6 @@ rule train:
     params:
         settings=lambda wc: settings(run_job("train")(wc)),
     shell:
-        "python -m pipeline train --experiment {wildcards.experiment}"
-        " --noise {wildcards.noise} --method {wildcards.method} --seed {wildcards.seed}"
-
-
-rule evaluate:
-    input:
-        lambda wc: run_job("evaluate")(wc).deps,
-    output:
-        plan.run_file("{experiment}", "{noise}", "{method}", "{seed}", "metrics.json"),
-    log:
-        plan.log_path("evaluate", "{experiment}-{noise}-{method}-seed{seed}"),
-    conda:
-        "../envs/pipeline.yaml"
-    params:
-        settings=lambda wc: settings(run_job("evaluate")(wc)),
-    shell:
-        "python -m pipeline evaluate --experiment {wildcards.experiment}"
-        " --noise {wildcards.noise} --method {wildcards.method} --seed {wildcards.seed}"
+        "python -m pipeline train --dataset {wildcards.dataset} --model {wildcards.model}"
+        " --schedule {wildcards.schedule} --noise {wildcards.noise}"
+        " --method {wildcards.method} --seed {wildcards.seed}"

@@ -1,0 +1,185 @@
+"""Teaching methods on real (tiny) data: L2RW's three routes agree, its weights are guarded,
+and the baselines do what the paper says they do."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import DatasetSpec, NoiseSpec, ScheduleSpec
+from pipeline.core.student import Student
+from pipeline.data.sources import sklearn_digits
+from pipeline.methods import METHODS
+from pipeline.methods.base import Batch, Context
+from pipeline.methods.l2rw import normalise_weights
+from pipeline.models import build_model
+from pipeline.noise import generator, make_split
+from pipeline.task import TaskData, normalise
+
+SCHEDULE = ScheduleSpec(epochs=1, batch_size=32, lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+
+def digits_task(noise: NoiseSpec, dtype=torch.float32) -> TaskData:
+    raw = sklearn_digits(DatasetSpec(source="sklearn_digits"))
+    s = make_split(raw, DatasetSpec(source="sklearn_digits", test_size=297), noise, 0)
+    ref = raw.x[s["train_idx"]]
+    x = {k: normalise(raw.x[s[f"{k}_idx"]], ref).to(dtype) for k in ("train", "val", "test")}
+    return TaskData(
+        x["train"],
+        s["train_y"],
+        s["train_y_clean"],
+        x["val"],
+        s["val_y"],
+        x["test"],
+        s["test_y"],
+        s["num_classes"],
+        s["class_names"],
+    )
+
+
+def make_method(name: str, data: TaskData, arch="preact_resnet", dtype=torch.float32, **kw):
+    torch.manual_seed(0)
+    options = {"depth": 8, "width": 4} if arch == "preact_resnet" else {"hidden": [32]}
+    model = build_model(arch, data.in_shape, data.num_classes, **options).to(dtype)
+    student = Student(model, SCHEDULE, 100)
+    cls = METHODS[name]
+    return cls(cls.Settings(**kw), Context(student, data, SCHEDULE, generator("m", 0)))
+
+
+def batch_of(data: TaskData, start: int, n: int = 32) -> Batch:
+    index = torch.arange(start, start + n)
+    return Batch(data.train_x[index], data.train_y[index], index)
+
+
+@pytest.fixture(scope="module")
+def noisy64() -> TaskData:
+    return digits_task(NoiseSpec(kind="uniform", rate=0.4, val_size=100), torch.float64)
+
+
+def test_l2rw_routes_agree(noisy64):
+    """jvp_fused, jvp and double backward (Alg. 1) give the same weights and the same step,
+    on a pre-activation ResNet with batch norm, after momentum has built up."""
+    results = {}
+    for route in ("jvp_fused", "jvp", "double_backward"):
+        method = make_method("l2rw", noisy64, dtype=torch.float64, route=route)
+        for start in (0, 32):  # warm up momentum buffers and batch-norm statistics
+            method.step(batch_of(noisy64, start))
+        w, _, _ = method.weights(batch_of(noisy64, 64))
+        method.step(batch_of(noisy64, 64))
+        state = method.student.model.state_dict()
+        results[route] = (w, state)
+    w_ref, state_ref = results["double_backward"]
+    assert (w_ref > 0).any() and (w_ref == 0).any()
+    for route in ("jvp_fused", "jvp"):
+        w, state = results[route]
+        assert (w - w_ref).abs().max() <= 1e-10 * w_ref.abs().max()
+        for k, v in state_ref.items():
+            assert torch.allclose(state[k].double(), v.double(), rtol=1e-9, atol=1e-12), k
+
+
+def test_weight_normalisation_guards():
+    assert torch.equal(normalise_weights(-torch.ones(4)), torch.zeros(4))  # all-zero batch
+    w = normalise_weights(torch.tensor([2.0, -1.0, 6.0]))
+    assert torch.allclose(w, torch.tensor([0.25, 0.0, 0.75]))
+
+
+def test_l2rw_refuses_non_finite_weights(noisy64):
+    method = make_method("l2rw", noisy64, dtype=torch.float64)
+    bad = batch_of(noisy64, 0)
+    bad.x = bad.x.clone()
+    bad.x[0] = float("nan")
+    with pytest.raises(FloatingPointError):
+        method.step(bad)
+
+
+def test_l2rw_downweights_flipped_labels():
+    """Ren et al. Figure 3: after some training, corrupted examples get less weight."""
+    data = digits_task(NoiseSpec(kind="background", rate=0.4, val_per_class=10, background=3))
+    method = make_method("l2rw", data, arch="mlp")
+    clean, noisy = [], []
+    for epoch in range(4):
+        for start in range(0, len(data.train_y) - 32, 32):
+            logs = method.step(batch_of(data, start))
+            if epoch == 3:
+                clean.append(float(logs["w_clean"]))
+                noisy.append(float(logs["w_noisy"]))
+    assert sum(noisy) / len(noisy) < 0.5 * sum(clean) / len(clean)
+
+
+@pytest.fixture(scope="module")
+def noisy() -> TaskData:
+    return digits_task(NoiseSpec(kind="background", rate=0.4, val_per_class=10, background=3))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_takes_a_step(noisy, name):
+    method = make_method(name, noisy, arch="mlp")
+    before = {k: v.clone() for k, v in method.student.model.state_dict().items()}
+    logs = method.step(batch_of(noisy, 0))
+    assert torch.isfinite(logs["loss"])
+    after = method.student.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert method.student.step_count == 1
+
+
+def test_random_weights_are_a_rectified_gaussian(noisy):
+    method = make_method("random", noisy, arch="mlp")
+    w = method.weights(batch_of(noisy, 0, n=1000))
+    assert (w >= 0).all() and 0.4 < float((w == 0).float().mean()) < 0.6
+
+
+def test_oracle_weighted_uses_clean_fractions(noisy):
+    method = make_method("weighted", noisy, arch="mlp")
+    frac = method.clean_fraction
+    assert frac[3] < 0.5 and torch.allclose(frac[[0, 1, 2, 4]], torch.ones(4))
+
+
+def test_proportion_and_resample_balance_classes():
+    data = digits_task(
+        NoiseSpec(
+            kind="imbalance", classes=(4, 9), majority_fraction=0.9, train_size=150, val_per_class=5
+        )
+    )
+    proportion = make_method("proportion", data, arch="mlp")
+    w = proportion.inverse_frequency
+    assert torch.allclose(w[0] / w[1], torch.tensor(135 / 15))
+    resample = make_method("resample", data, arch="mlp")
+    drawn = data.train_y[resample.draw(4000)]
+    assert abs(float(drawn.float().mean()) - 0.5) < 0.03  # the majority is 90% of the data
+
+
+def test_hard_mining_keeps_the_hardest_majority_examples():
+    data = digits_task(
+        NoiseSpec(
+            kind="imbalance", classes=(4, 9), majority_fraction=0.9, train_size=150, val_per_class=5
+        )
+    )
+    method = make_method("hard_mining", data, arch="mlp", majority_keep=0.5)
+    assert method.majority == 1
+    y = torch.tensor([0, 1, 1, 1, 1, 0])
+    losses = torch.tensor([0.1, 0.5, 2.0, 0.2, 3.0, 0.05])
+    assert method.keep(losses, y).tolist() == [True, False, True, False, True, True]
+
+
+def test_bootstrap_targets():
+    data = digits_task(NoiseSpec(kind="none", val_size=100))
+    method = make_method("bootstrap", data, arch="mlp", mode="hard", beta=1.0)
+    reference = make_method("erm", data, arch="mlp")
+    b = batch_of(data, 0)
+    assert torch.allclose(method.step(b)["loss"], reference.step(b)["loss"])  # beta 1 = CE
+
+
+def test_bench_writes_relative_figures(tmp_path):
+    from pipeline.bench import run
+
+    rows = run("mlp:16", steps=2, device="cpu", out_dir=str(tmp_path))
+    assert [r["method"] for r in rows] == [
+        "erm",
+        "l2rw_jvp_fused",
+        "l2rw_jvp",
+        "l2rw_double_backward",
+    ]
+    assert rows[0]["time_vs_erm"] == 1 and all(r["ms_per_step"] > 0 for r in rows)
+    csv = (tmp_path / "l2rw_cpu.csv").read_text().splitlines()
+    assert csv[0].startswith("device,model,batch,method,ms_per_step,peak_mb,time_vs_erm")
+    assert len(csv) == 5 and (tmp_path / "l2rw_cpu.png").exists()
