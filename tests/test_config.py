@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import yaml
+from conftest import REPO
 
 from pipeline.config import (
     DATASET_SOURCES,
@@ -18,7 +19,6 @@ from pipeline.config import (
     parse,
 )
 from pipeline.data.sources import SOURCES
-from tests.conftest import REPO
 
 
 def test_repository_params_are_valid():

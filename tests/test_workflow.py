@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from pipeline import plan
 from pipeline.config import load
-from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
 
