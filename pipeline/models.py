@@ -45,8 +45,13 @@ class _Student(nn.Module):
     def feature_maps(self, x: Tensor) -> list[Tensor]:
         return self.features_and_maps(x)[1]
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x))
+    def forward(self, x: Tensor, states: bool = False):
+        """Logits; with `states`, (logits, features, pooled earlier maps) from one forward
+        (a teacher reading the student's internal states, through functional_call too)."""
+        if not states:
+            return self.classifier(self.features(x))
+        features, maps = self.features_and_maps(x)
+        return self.classifier(features), features, maps
 
     def _init_weights(self) -> None:
         # He et al. 2015 init for convs (fan_out keeps backward variance steady); Linear default.

@@ -7,6 +7,7 @@ method entry may name its implementation with `method:` to define a variant, e.g
 `reed_hard: {method: bootstrap, mode: hard, beta: 0.8}`.
 """
 
+from pipeline.methods.dir import DIR
 from pipeline.methods.erm import ERM
 from pipeline.methods.l2rw import L2RW
 from pipeline.methods.l2rw_baselines import (
@@ -29,4 +30,5 @@ METHODS = {
     "bootstrap": Bootstrap,
     "weighted": OracleWeighted,
     "clean_only": CleanOnly,
+    "dir": DIR,
 }

@@ -1,0 +1,268 @@
+"""Learning to reweight with deep interactions (DIR): a teacher reading the student's internal
+states weights each example, and is trained by reverse mode through momentum SGD.
+
+Teacher (section 3.3): w = sigmoid(MLP-k([I; M])), normalised to sum 1 in each batch. Inputs:
+  I0  the student's penultimate layer (its `features`);
+  I1..I3  earlier internal states, deepest first, each averaged over its spatial positions
+      (models.py `feature_maps`; an MLP's earlier hidden layers as they are);
+  M0  the label, one-hot (the linear layer on it is the label embedding E M);
+  M1  the surface features of section 4.3: the iteration over the total, the average training
+      loss so far, the best validation accuracy so far (on the teacher's validation batches),
+      the predicted label (one-hot) and the margin p_y - max_{k != y} p_k.
+The teacher's last layer starts at zero, so training starts from uniform weights (ERM).
+
+Training (Algorithm 1): every K = `interval` student steps, the validation loss at theta_K is
+differentiated back through the last B = `back` steps (pipeline/core/unroll.py: theta_t and v_t
+recovered from theta_K and v_K, Hessian-vector products by forward-over-reverse) and the
+teacher takes an Adam step. Kept per step: the minibatch, its learning rate, the surface
+scalars and the random state (dropout is replayed), never a copy of the parameters. By default
+dw/dtheta = 0 (the paper's stabilisation); `deeper: true` keeps that path (section 4.3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from pipeline.core.meta import buffer_copies, params_of
+from pipeline.core.unroll import Step, backward_through_steps
+from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.l2rw import weight_by_noise
+
+FEATURES = ("I0", "I1", "I2", "I3", "M0", "M1")
+SURFACE = 4  # M1's scalars besides the predicted label: iteration, loss, best val acc, margin
+
+
+class WeightTeacher(nn.Module):
+    """sigmoid(MLP-k(inputs)): k hidden layers of the input's width with ReLU (Table 4)."""
+
+    def __init__(self, in_dim: int, hidden_layers: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for _ in range(hidden_layers):
+            layers += [nn.Linear(in_dim, in_dim), nn.ReLU()]
+        last = nn.Linear(in_dim, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*layers, last)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        w = torch.sigmoid(self.net(inputs)).squeeze(1)
+        return w / w.sum()
+
+
+@dataclass
+class Record:
+    """What rebuilds one student step's objective in the reverse pass."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    lr: float
+    surface: tuple[float, float, float]  # iteration / total, mean training loss, best val acc
+    rng: dict = field(repr=False)
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def validation_loss(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
+    """R = -M: the negative log-likelihood, or one minus the expected accuracy (Wu et al.)."""
+    if metric == "log_likelihood":
+        return F.cross_entropy(logits, y)
+    return 1 - logits.softmax(1).gather(1, y[:, None]).mean()
+
+
+class DIR(Method):
+    @dataclass(frozen=True)
+    class Settings(MethodSettings):
+        """features: the teacher's inputs (any of I0-I3, M0, M1); hidden_layers: MLP-k;
+        interval, back: K student steps between teacher updates, B steps differentiated back
+        (Table 8; B <= K); deeper: keep dw/dtheta; metric: the validation measure;
+        teacher_lr: Adam's step size; val_batch_size: None = the training batch size."""
+
+        features: tuple[str, ...] = ("I0", "M0")
+        hidden_layers: int = 0
+        interval: int = 20
+        back: int = 2
+        deeper: bool = False
+        metric: Literal["log_likelihood", "expected_accuracy"] = "log_likelihood"
+        teacher_lr: float = 1e-3
+        val_batch_size: int | None = None
+
+        def check(self, where: str) -> None:
+            from pipeline.config import ParamsError
+
+            unknown = [f for f in self.features if f not in FEATURES]
+            if unknown or not self.features:
+                raise ParamsError(f"{where}.features: choose from {', '.join(FEATURES)}")
+            if not 1 <= self.back <= self.interval:
+                raise ParamsError(f"{where}.back: must be between 1 and interval (K)")
+            if self.hidden_layers < 0 or self.teacher_lr <= 0:
+                raise ParamsError(f"{where}: hidden_layers >= 0 and teacher_lr > 0 required")
+
+    SAMPLED_STEPS = 50  # batches kept for the weight figures (from half-way through training)
+
+    def __init__(self, settings, ctx):
+        super().__init__(settings, ctx)
+        schedule = ctx.schedule
+        if schedule.nesterov or not schedule.momentum:
+            raise ValueError("dir runs momentum SGD backwards: momentum > 0, no Nesterov")
+        model, x = ctx.student.model, ctx.data.train_x[:2]
+        with torch.no_grad():
+            _, features, maps = model(x, states=True)
+        levels = [features, *maps]
+        deepest = max((int(f[1]) for f in settings.features if f[0] == "I"), default=0)
+        if deepest >= len(levels):
+            raise ValueError(
+                f"dir feature I{deepest}: this student has internal states I0-I{len(levels) - 1}"
+            )
+        c = ctx.data.num_classes
+        widths = {"M0": c, "M1": SURFACE + c, **{f"I{i}": s.shape[1] for i, s in enumerate(levels)}}
+        device = x.device
+        self.teacher = WeightTeacher(
+            sum(widths[f] for f in settings.features), settings.hidden_layers
+        )
+        self.teacher.to(device, model.classifier.weight.dtype)
+        self.optimizer = torch.optim.Adam(self.teacher.parameters(), lr=settings.teacher_lr)
+        self.records: list[Record] = []
+        self.loss_sum, self.loss_count, self.best_val = 0.0, 0, 0.0
+        self.sample: dict[str, list] = {"weights": [], "noisy": [], "losses": [], "labels": []}
+
+    # ---- the teacher's inputs and the weighted objective ----
+
+    def teacher_inputs(self, logits, features, maps, y, surface) -> torch.Tensor:
+        levels = [features, *maps]
+        c = logits.shape[1]
+        parts = []
+        for name in self.settings.features:
+            if name[0] == "I":
+                parts.append(levels[int(name[1])])
+            elif name == "M0":
+                parts.append(F.one_hot(y, c).to(logits.dtype))
+            else:
+                p = logits.softmax(1)
+                p_y = p.gather(1, y[:, None])
+                others = p.scatter(1, y[:, None], float("-inf")).amax(1, keepdim=True)
+                scalars = torch.tensor(surface, dtype=logits.dtype, device=logits.device)
+                parts += [
+                    scalars.expand(len(y), -1),
+                    F.one_hot(logits.argmax(1), c).to(logits.dtype),
+                    p_y - others,
+                ]
+        inputs = torch.cat(parts, 1)
+        return inputs if self.settings.deeper else inputs.detach()
+
+    def objective_terms(self, outputs, y, surface):
+        """(weighted loss, weights, per-example losses) from one student forward's outputs."""
+        logits = outputs[0]
+        losses = F.cross_entropy(logits, y, reduction="none")
+        w = self.teacher(self.teacher_inputs(*outputs, y, surface))
+        return (w * losses).sum(), w, losses
+
+    def replay(self, record: Record):
+        """The objective of a recorded step as a function of the parameters (batch norm on
+        fresh buffer copies; dropout replays the step's random state)."""
+        model = self.student.model
+        devices = [model.classifier.weight.device] if "cuda" in record.rng else []
+
+        def objective(theta):
+            with torch.random.fork_rng(devices=devices):
+                torch.set_rng_state(record.rng["cpu"])
+                if devices:
+                    torch.cuda.set_rng_state(record.rng["cuda"], devices[0])
+                outputs = functional_call(
+                    model, (theta, buffer_copies(model)), (record.x,), {"states": True}
+                )
+            return self.objective_terms(outputs, record.y, record.surface)[0]
+
+        return Step(record.lr, objective)
+
+    # ---- training ----
+
+    def surface(self) -> tuple[float, float, float]:
+        s = self.student
+        mean_loss = self.loss_sum / self.loss_count if self.loss_count else 0.0
+        return (s.step_count / s.total_steps, mean_loss, self.best_val)
+
+    def step(self, batch: Batch):
+        student = self.student
+        record = Record(
+            batch.x, batch.y, student.rule().lr, self.surface(), rng_state(batch.x.device)
+        )
+        outputs = student.model(batch.x, states=True)  # the step's one batch-norm update
+        loss, w, losses = self.objective_terms(outputs, batch.y, record.surface)
+        if not torch.isfinite(loss):
+            raise FloatingPointError("dir: non-finite weighted loss")
+        self.keep_sample(w, losses, batch)
+        student.update(loss)
+        self.loss_sum += float(losses.detach().mean())
+        self.loss_count += 1
+        self.records = [*self.records, record][-self.settings.back :]
+        logs = {"loss": loss.detach(), "w_max": w.detach().max() * len(w)}
+        noisy = self.ctx.data.noise_mask[batch.index]
+        logs.update(weight_by_noise(w.detach(), noisy))
+        if student.step_count % self.settings.interval == 0:
+            logs["val_loss"] = self.update_teacher()
+        return logs
+
+    def update_teacher(self) -> torch.Tensor:
+        """Algorithm 1: d R(theta_K) / d omega back through the last B steps, then Adam."""
+        model = self.student.model
+        vx, vy = self.val_batch(self.settings.val_batch_size)
+        theta = {k: p.detach().requires_grad_() for k, p in params_of(model).items()}
+        with torch.enable_grad():
+            logits = functional_call(model, (theta, buffer_copies(model)), (vx,))
+            val_loss = validation_loss(logits, vy, self.settings.metric)
+            val_grad = dict(
+                zip(theta, torch.autograd.grad(val_loss, list(theta.values())), strict=True)
+            )
+        self.best_val = max(self.best_val, float((logits.argmax(1) == vy).double().mean()))
+        rule = self.student.rule()
+        steps = [self.replay(r) for r in self.records]
+        teacher = list(self.teacher.parameters())
+        grads = backward_through_steps(
+            theta, self.student.momentum(), steps, rule, val_grad, teacher
+        )
+        if not all(torch.isfinite(g).all() for g in grads):
+            raise FloatingPointError("dir: non-finite teacher gradient")
+        for p, g in zip(teacher, grads, strict=True):
+            p.grad = g
+        self.optimizer.step()
+        self.records = []
+        return val_loss.detach()
+
+    def keep_sample(self, w, losses, batch: Batch) -> None:
+        """Weights (times the batch size), losses and labels of the batches from half-way
+        through training, for the weight figures (Figure 2 of the paper)."""
+        start = self.student.total_steps // 2
+        if start <= self.student.step_count < start + self.SAMPLED_STEPS:
+            self.sample["weights"].append((w.detach() * len(w)).cpu())
+            self.sample["noisy"].append(self.ctx.data.noise_mask[batch.index].cpu())
+            self.sample["losses"].append(losses.detach().cpu())
+            self.sample["labels"].append(batch.y.cpu())
+
+    def state_dict(self) -> dict:
+        return {
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "records": self.records,
+            "surface": (self.loss_sum, self.loss_count, self.best_val),
+            "weight_sample": self.sample,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        device = self.student.model.classifier.weight.device
+        self.records = [replace(r, x=r.x.to(device), y=r.y.to(device)) for r in state["records"]]
+        self.loss_sum, self.loss_count, self.best_val = state["surface"]
+        self.sample = state["weight_sample"]

@@ -1,0 +1,131 @@
+"""DIR (deep-interactions reweighting) and the baselines of its tables, on real tiny data: the
+teacher gradient of a real training window equals autograd through the unrolled steps, the
+teacher's inputs are the ones the paper names, and the baselines weight as defined."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_methods import batch_of, digits_task, make_method
+from torch.func import functional_call
+
+from pipeline.config import NoiseSpec, ParamsError, build
+from pipeline.core.optim import SGDRule, sgd_step
+from pipeline.methods import METHODS
+
+
+@pytest.fixture(scope="module")
+def noisy64():
+    return digits_task(NoiseSpec(kind="uniform", rate=0.4, val_size=100), torch.float64)
+
+
+def captured_teacher_gradient(method):
+    """Run the method until its first teacher update and return the gradient it applied."""
+    grads = []
+    method.optimizer.step = lambda: grads.append(
+        [p.grad.clone() for p in method.teacher.parameters()]
+    )
+    i = 0
+    while not grads:
+        method.step(batch_of(method.ctx.data, 32 * i))
+        i += 1
+    return grads[0]
+
+
+def unrolled_oracle(method, data, steps: int, back: int, deeper: bool):
+    """Autograd through the window's last `back` real steps, replayed functionally in float64
+    from the parameters and momentum the real run had: the reference for Algorithm 1."""
+    model, teacher = method.student.model, method.teacher
+    c = data.num_classes
+    theta = {k: p.detach().clone() for k, p in model.named_parameters()}
+    v: dict = {}
+    lr = method.student.lr_at(0)
+    states = []
+    for t in range(steps):
+        x, y = data.train_x[32 * t : 32 * t + 32], data.train_y[32 * t : 32 * t + 32]
+        states.append((x, y))
+    # replay every step without the graph to reach theta_{K-B}, v_{K-B}, then with it.
+    rule = SGDRule(lr, method.ctx.schedule.momentum, weight_decay=method.ctx.schedule.weight_decay)
+    for t, (x, y) in enumerate(states):
+        track = t >= steps - back
+        if t <= steps - back:  # the states before the window are constants
+            theta = {k: p.detach().requires_grad_() for k, p in theta.items()}
+            v = {k: b.detach() for k, b in v.items()}
+        buffers = {k: b.clone() for k, b in model.named_buffers()}
+        logits, features, _ = functional_call(model, (theta, buffers), (x,), {"states": True})
+        inputs = torch.cat([features, F.one_hot(y, c).to(features)], 1)
+        w = teacher(inputs if deeper else inputs.detach())
+        loss = (w * F.cross_entropy(logits, y, reduction="none")).sum()
+        names = list(theta)
+        grads = torch.autograd.grad(loss, [theta[k] for k in names], create_graph=track)
+        theta, v = sgd_step(theta, dict(zip(names, grads, strict=True)), v, rule)
+    return theta
+
+
+@pytest.mark.parametrize("back, deeper", [(3, False), (2, False), (3, True)])
+def test_teacher_gradient_equals_unrolled_autograd(noisy64, back, deeper):
+    """A window of K = 3 real steps of momentum SGD (batch norm, weight decay): the gradient
+    DIR applies to its teacher equals autograd through the last B steps replayed."""
+    settings = {"interval": 3, "back": back, "deeper": deeper, "features": ("I0", "M0")}
+    method = make_method("dir", noisy64, dtype=torch.float64, **settings)
+    model = method.student.model
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    # a non-zero teacher so that every path carries signal
+    torch.manual_seed(3)
+    for p in method.teacher.parameters():
+        p.data.normal_(0, 0.1)
+    teacher0 = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    val_generator = method.ctx.generator.get_state()
+    got = captured_teacher_gradient(method)
+
+    model.load_state_dict(initial)
+    method.teacher.load_state_dict(teacher0)
+    method.ctx.generator.set_state(val_generator)
+    theta = unrolled_oracle(method, noisy64, 3, back, deeper)
+    vx, vy = method.val_batch()
+    buffers = {k: b.clone() for k, b in model.named_buffers()}
+    val = F.cross_entropy(functional_call(model, (theta, buffers), (vx,)), vy)
+    expected = torch.autograd.grad(val, list(method.teacher.parameters()))
+    for a, b in zip(got, expected, strict=True):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-14)
+
+
+def test_teacher_inputs_follow_the_paper(noisy64):
+    """I0 + M0 + M1: penultimate features, the one-hot label, then M1's iteration, mean loss,
+    best validation accuracy, predicted label and margin; weights sum to 1 and start uniform."""
+    method = make_method("dir", noisy64, dtype=torch.float64, features=("I0", "M0", "M1"))
+    batch = batch_of(noisy64, 0)
+    outputs = method.student.model(batch.x, states=True)
+    logits, features, _ = outputs
+    inputs = method.teacher_inputs(*outputs, batch.y, (0.25, 1.5, 0.75))
+    c = noisy64.num_classes
+    assert inputs.shape == (32, features.shape[1] + c + 4 + c)
+    assert torch.equal(inputs[:, : features.shape[1]], features)
+    label = inputs[:, features.shape[1] : features.shape[1] + c]
+    assert torch.equal(label.argmax(1), batch.y)
+    surface = inputs[:, features.shape[1] + c :]
+    assert torch.equal(surface[:, :3], torch.tensor([[0.25, 1.5, 0.75]]).expand(32, 3))
+    assert torch.equal(surface[:, 3:-1].argmax(1), logits.argmax(1))
+    p = logits.softmax(1)
+    top2 = p.topk(2, 1).values
+    margin = torch.where(
+        logits.argmax(1) == batch.y,
+        top2[:, 0] - top2[:, 1],
+        p.gather(1, batch.y[:, None]).squeeze(1) - top2[:, 0],
+    )
+    assert torch.allclose(surface[:, -1], margin)
+    _, w, _ = method.objective_terms(outputs, batch.y, (0.25, 1.5, 0.75))
+    assert torch.allclose(w, torch.full_like(w, 1 / 32))
+
+
+def test_settings_are_checked():
+    with pytest.raises(ParamsError, match="back"):
+        build(METHODS["dir"].Settings, {"interval": 2, "back": 3}, "methods.dir")
+    with pytest.raises(ParamsError, match="features"):
+        build(METHODS["dir"].Settings, {"features": ["I0", "M7"]}, "methods.dir")
+
+
+def test_missing_internal_state_is_an_error(noisy64):
+    with pytest.raises(ValueError, match="I0-I0"):
+        make_method("dir", noisy64, arch="mlp", dtype=torch.float64, features=("I2", "M0"))
