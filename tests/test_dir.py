@@ -129,3 +129,58 @@ def test_settings_are_checked():
 def test_missing_internal_state_is_an_error(noisy64):
     with pytest.raises(ValueError, match="I0-I0"):
         make_method("dir", noisy64, arch="mlp", dtype=torch.float64, features=("I2", "M0"))
+
+
+def test_meta_weight_net_gradient_equals_double_backward(noisy64):
+    """Meta-Weight-Net's teacher gradient (core JVP route) equals double backward through the
+    virtual step of the real optimiser (momentum and weight decay) in float64."""
+    from pipeline.core.meta import lookahead_loss
+
+    method = make_method("mwn", noisy64, dtype=torch.float64, hidden=8)
+    method.step(batch_of(noisy64, 0))  # momentum buffers exist from here on
+    model, student = method.student.model, method.student
+    batch = batch_of(noisy64, 32)
+    state = method.ctx.generator.get_state()
+    grads = []
+    method.optimizer.step = lambda: grads.append(
+        [p.grad.clone() for p in method.teacher.parameters()]
+    )
+    method.teacher_step(batch, F.cross_entropy(model(batch.x), batch.y, reduction="none"))
+
+    method.ctx.generator.set_state(state)
+    vx, vy = method.val_batch()
+    losses = F.cross_entropy(model(batch.x), batch.y, reduction="none")
+    w = method.teacher(losses.detach()[:, None]).squeeze(1) / len(losses)
+    named = dict(model.named_parameters())
+    g = torch.autograd.grad((w * losses).sum(), list(named.values()), create_graph=True)
+    val = lookahead_loss(
+        model, student.rule(), student.momentum(), dict(zip(named, g, strict=True)), vx, vy
+    )
+    expected = torch.autograd.grad(val, list(method.teacher.parameters()))
+    for a, b in zip(grads[0], expected, strict=True):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-15)
+
+
+def test_focal_loss_definition(noisy64):
+    batch = batch_of(noisy64, 0)
+    for gamma in (0.0, 2.0):
+        method = make_method("focal", noisy64, dtype=torch.float64, gamma=gamma)
+        logits = method.student.model(batch.x).detach()
+        out = method.step(batch)
+        p = logits.softmax(1).gather(1, batch.y[:, None]).squeeze(1)
+        expected = (-((1 - p) ** gamma) * p.log()).mean()
+        assert torch.allclose(out["loss"], expected)
+        if gamma == 0:
+            assert torch.allclose(out["loss"], F.cross_entropy(logits, batch.y))
+
+
+def test_self_paced_keeps_the_easiest_examples_first(noisy64):
+    method = make_method("spl", noisy64, dtype=torch.float64, start_fraction=0.25, full_at=0.5)
+    batch = batch_of(noisy64, 0)
+    losses = F.cross_entropy(method.student.model(batch.x), batch.y, reduction="none").detach()
+    out = method.step(batch)
+    assert float(out["kept"]) == 8 / 32
+    easiest = losses.argsort()[:8]
+    assert torch.allclose(out["loss"], losses[easiest].mean())
+    method.student.step_count = 50  # half of the 100 steps: everything is kept
+    assert float(method.step(batch_of(noisy64, 32))["kept"]) == 1.0

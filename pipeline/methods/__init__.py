@@ -9,6 +9,7 @@ method entry may name its implementation with `method:` to define a variant, e.g
 
 from pipeline.methods.dir import DIR
 from pipeline.methods.erm import ERM
+from pipeline.methods.focal import Focal
 from pipeline.methods.l2rw import L2RW
 from pipeline.methods.l2rw_baselines import (
     Bootstrap,
@@ -19,6 +20,8 @@ from pipeline.methods.l2rw_baselines import (
     RandomWeights,
     Resample,
 )
+from pipeline.methods.mwn import MetaWeightNet
+from pipeline.methods.spl import SelfPaced
 
 METHODS = {
     "erm": ERM,
@@ -31,4 +34,7 @@ METHODS = {
     "weighted": OracleWeighted,
     "clean_only": CleanOnly,
     "dir": DIR,
+    "focal": Focal,
+    "spl": SelfPaced,
+    "mwn": MetaWeightNet,
 }
