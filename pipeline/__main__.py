@@ -92,18 +92,26 @@ def cmd_weights(p, args) -> None:
 
 
 def cmd_bench(args) -> None:
-    """Step time and peak memory of each method relative to ERM (see pipeline/bench.py)."""
+    """Step time and peak memory of the methods, or of DIR's reverse pass against B."""
     from pipeline.bench import run
 
-    run(args.cases, args.steps, args.device, args.out)
+    run(args.suite, args.cases, args.steps, args.device, args.out)
 
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--suite",
+        default="steps",
+        choices=["steps", "reverse"],
+        help="steps: each method's step vs ERM; reverse: DIR's teacher update vs B",
+    )
+    parser.add_argument(
         "--cases",
         help="model:batch list, e.g. resnet32:512,wrn_28_10:100 (default: a CPU or a GPU set)",
     )
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument(
+        "--steps", type=int, default=20, help="timed steps (reverse: teacher updates)"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", default="results/bench", help="output folder")
 

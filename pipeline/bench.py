@@ -1,10 +1,16 @@
-"""`python -m pipeline bench`: step time and peak memory of each method relative to ERM.
+"""`python -m pipeline bench`: the cost of the teaching methods, in two suites.
 
-Same model, batch size (training and validation batches equal) and device for every method;
-the double-backward reference of the same meta-gradient (L2RW's Algorithm 1 as written) runs
-beside the fast routes. Each measurement runs in a fresh process so that peak memory is its
-own: CUDA's max_memory_allocated on a GPU, the growth of the peak resident set on a CPU.
-Needs torch only (no workflow engine), so it runs on a bare GPU machine with PYTHONPATH=.
+steps: time per student step (the mean, so that a teacher update every K steps is amortised)
+    and peak memory of each method relative to ERM: same model, batch size (training and
+    validation batches equal) and device; the double-backward reference of L2RW's meta-gradient
+    runs beside the fast routes. Writes results/bench/steps_<device>.csv and .png.
+reverse: DIR's teacher update (Algorithm 1) against B, the number of steps differentiated
+    back: time per update and peak memory; memory must not grow with B. Writes
+    results/bench/reverse_<device>.csv.
+
+Each measurement runs in a fresh process so that peak memory is its own: CUDA's
+max_memory_allocated on a GPU, the growth of the peak resident set on a CPU. Needs torch only
+(no workflow engine), so it runs on a bare GPU machine with PYTHONPATH=.
 """
 
 from __future__ import annotations
@@ -39,7 +45,10 @@ VARIANTS = {  # row name -> (method, settings)
     "l2rw_jvp_fused": ("l2rw", {"route": "jvp_fused"}),
     "l2rw_jvp": ("l2rw", {"route": "jvp"}),
     "l2rw_double_backward": ("l2rw", {"route": "double_backward"}),
+    "mwn": ("mwn", {}),
+    "dir": ("dir", {"interval": 20, "back": 2}),
 }
+BACKS = (1, 2, 5, 10)  # the reverse suite's B (with K = B: one update per window)
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
 
 
@@ -48,8 +57,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(model_name: str, batch: int, variant: str, steps: int, device: str) -> dict:
-    """Time per step (median) and peak memory of one method, in this process."""
+def _setup(model_name: str, batch: int, kind: str, settings: dict, steps: int, device: str):
     arch, options, shape = MODELS[model_name]
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -60,44 +68,97 @@ def measure(model_name: str, batch: int, variant: str, steps: int, device: str) 
     model = build_model(arch, shape, 10, **options).to(dev)
     schedule = ScheduleSpec(epochs=1, batch_size=batch, lr=0.1, momentum=0.9, weight_decay=5e-4)
     ctx = Context(Student(model, schedule, steps + 2), data, schedule, generator("bench"))
-    kind, settings = VARIANTS[variant]
     method = METHODS[kind](METHODS[kind].Settings(**settings), ctx)
 
     def one_step(i: int) -> None:
         index = torch.arange(i % 4 * batch, (i % 4 + 1) * batch, device=dev)
         method.step(Batch(x[index], y[index], index))
 
-    one_step(0)  # warm-up: allocator, kernels, momentum buffers
+    return method, one_step, dev
+
+
+def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        base = _rss_mb()
-    times = []
-    for i in range(steps):
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        one_step(i + 1)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+
+
+def _reset_peak(dev: torch.device) -> float:
+    """Start a peak-memory measurement; returns the CPU baseline (resident set, MB)."""
+    _sync(dev)
     if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        torch.cuda.reset_peak_memory_stats()
+        return 0.0
+    return _rss_mb()
+
+
+def _peak(dev: torch.device, base: float) -> float:
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+
+
+def measure(model_name: str, batch: int, variant: str, steps: int, device: str) -> dict:
+    """Mean time per step and peak memory of one method, in this process."""
+    kind, settings = VARIANTS[variant]
+    method, one_step, dev = _setup(model_name, batch, kind, settings, steps, device)
+    one_step(0)  # warm-up: allocator, kernels, momentum buffers
+    base = _reset_peak(dev)
+    start = time.perf_counter()
+    for i in range(steps):
+        one_step(i + 1)
+    _sync(dev)
+    seconds = time.perf_counter() - start
     return {
         "device": dev.type,
         "model": model_name,
         "batch": batch,
         "method": variant,
-        "ms_per_step": 1000 * statistics.median(times),
-        "peak_mb": peak,
+        "ms_per_step": 1000 * seconds / steps,
+        "peak_mb": _peak(dev, base),
     }
 
 
-def run(cases: str | None, steps: int, device: str, out_dir: str) -> list[dict]:
-    """Measure every variant for every model:batch case, each in a fresh process."""
+def measure_reverse(model_name: str, batch: int, back: int, updates: int, device: str) -> dict:
+    """DIR with K = B = `back`: median time of a teacher update and peak memory (training
+    included), in this process."""
+    settings = {"interval": back, "back": back}
+    method, one_step, dev = _setup(model_name, batch, "dir", settings, back * (updates + 1), device)
+    times = []
+    update = method.update_teacher
+
+    def timed_update():
+        _sync(dev)
+        start = time.perf_counter()
+        out = update()
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+        return out
+
+    method.update_teacher = timed_update
+    for i in range(back):  # warm-up window
+        one_step(i)
+    times.clear()
+    base = _reset_peak(dev)
+    for i in range(back * updates):
+        one_step(back + i)
+    return {
+        "device": dev.type,
+        "model": model_name,
+        "batch": batch,
+        "back": back,
+        "ms_per_update": 1000 * statistics.median(times),
+        "peak_mb": _peak(dev, base),
+    }
+
+
+def _in_fresh_process(*args: str) -> dict:
+    cmd = [sys.executable, "-m", "pipeline.bench", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(suite: str, cases: str | None, steps: int, device: str, out_dir: str) -> list[dict]:
+    """Run one suite for every model:batch case, each measurement in a fresh process."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
@@ -105,45 +166,43 @@ def run(cases: str | None, steps: int, device: str, out_dir: str) -> list[dict]:
         model_name, batch = case.split(":")
         if model_name not in MODELS:
             raise ValueError(f"bench: unknown model {model_name!r} (known: {', '.join(MODELS)})")
-        for variant in VARIANTS:
-            cmd = [
-                sys.executable,
-                "-m",
-                "pipeline.bench",
-                model_name,
-                batch,
-                variant,
-                str(steps),
-                device,
-            ]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            row = json.loads(out.stdout.strip().splitlines()[-1])
+        for item in VARIANTS if suite == "steps" else map(str, BACKS):
+            row = _in_fresh_process(suite, model_name, batch, item, str(steps), device)
             rows.append(row)
+            if suite == "steps":
+                cost = f"{row['ms_per_step']:.1f} ms/step"
+            else:
+                cost = f"B={item}: {row['ms_per_update']:.1f} ms/teacher update"
             print(
-                f"{device} {model_name} batch {batch} {variant}: "
-                f"{row['ms_per_step']:.1f} ms/step, peak {row['peak_mb']:.0f} MB",
+                f"{device} {model_name} batch {batch} {row.get('method', 'dir')} {cost}, "
+                f"peak {row['peak_mb']:.0f} MB",
                 flush=True,
             )
-    for row in rows:
-        erm = next(
-            r
-            for r in rows
-            if r["model"] == row["model"] and r["batch"] == row["batch"] and r["method"] == "erm"
-        )
-        row["time_vs_erm"] = row["ms_per_step"] / erm["ms_per_step"]
-        row["memory_vs_erm"] = row["peak_mb"] / max(erm["peak_mb"], 1e-9)
-    write_outputs(rows, Path(out_dir), device)
+    if suite == "steps":
+        for row in rows:
+            erm = next(
+                r
+                for r in rows
+                if r["model"] == row["model"]
+                and r["batch"] == row["batch"]
+                and r["method"] == "erm"
+            )
+            row["time_vs_erm"] = row["ms_per_step"] / erm["ms_per_step"]
+            row["memory_vs_erm"] = row["peak_mb"] / max(erm["peak_mb"], 1e-9)
+    write_outputs(rows, Path(out_dir), suite, device)
     return rows
 
 
-def write_outputs(rows: list[dict], out_dir: Path, device: str) -> None:
+def write_outputs(rows: list[dict], out_dir: Path, suite: str, device: str) -> None:
     import pandas as pd
 
     frame = pd.DataFrame(rows)
     write_text(
         frame.to_csv(index=False, float_format="%.3f", lineterminator="\n"),
-        out_dir / f"l2rw_{device}.csv",
+        out_dir / f"{suite}_{device}.csv",
     )
+    if suite != "steps":
+        return
     try:
         import matplotlib
     except ImportError:  # a bare GPU machine may lack it: the CSV is the result
@@ -153,7 +212,7 @@ def write_outputs(rows: list[dict], out_dir: Path, device: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     cases = list(dict.fromkeys(f"{r['model']}@{r['batch']}" for r in rows))
     width = 0.8 / len(VARIANTS)
     for k, variant in enumerate(VARIANTS):
@@ -167,11 +226,14 @@ def write_outputs(rows: list[dict], out_dir: Path, device: str) -> None:
         ax.axhline(1, color="gray", lw=0.5)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(out_dir / f"l2rw_{device}.png") as tmp:
+    with atomic_path(out_dir / f"{suite}_{device}.png") as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
 
 
 if __name__ == "__main__":  # one measurement, in its own process (see `run`)
-    name, batch, variant, steps, device = sys.argv[1:]
-    print(json.dumps(measure(name, int(batch), variant, int(steps), device)))
+    suite, name, batch, item, steps, device = sys.argv[1:]
+    if suite == "steps":
+        print(json.dumps(measure(name, int(batch), item, int(steps), device)))
+    else:
+        print(json.dumps(measure_reverse(name, int(batch), int(item), int(steps), device)))

@@ -221,6 +221,9 @@ class ExperimentSpec:
     figure: str | None = None  # noise field on the x axis of the experiment's figure
     early_stopping: bool = False  # also report each method's best-on-validation epoch (+ES)
     weights_figure: bool = False  # a figure of the weights a reweighting method gave
+    # variants of one method (e.g. focal_g05, focal_g1, focal_g2): an extra row
+    # "<name before the first _> (val-chosen)" takes, per seed, the best on validation
+    choose_on_validation: tuple[str, ...] = ()
     reported: tuple[str, ...] = ()  # entries of pipeline/reported.yaml to show beside ours
 
     def check(self, where: str) -> None:
@@ -230,6 +233,9 @@ class ExperimentSpec:
                 raise ParamsError(f"{where}.{key}: must not be empty")
             if len(set(values)) != len(values):
                 raise ParamsError(f"{where}.{key}: has duplicates")
+        for i, name in enumerate(self.choose_on_validation):
+            if name not in self.methods:
+                raise ParamsError(f"{where}.choose_on_validation[{i}]: {name!r} is not in methods")
         if self.figure is not None and self.figure not in NoiseSpec.__dataclass_fields__:
             raise ParamsError(f"{where}.figure: {self.figure!r} is not a noise setting field")
         known = reported_numbers()

@@ -46,6 +46,16 @@ def weight_histogram(sample: dict, edges: tuple = (0, 0.25, 0.5, 0.75, 1, 1.5, 2
     return {"edges": list(edges), **counts}
 
 
+def weight_points(sample: dict, count: int = 100) -> dict:
+    """The first `count` sampled examples' training loss, weight (times the batch size) and
+    observed label: the points of the weight-against-loss figure (DIR Figure 2)."""
+    keys = {"loss": "losses", "weight": "weights", "label": "labels"}
+    points = {k: torch.cat(sample[v])[:count].tolist() for k, v in keys.items()}
+    points["loss"] = [round(v, 4) for v in points["loss"]]
+    points["weight"] = [round(v, 4) for v in points["weight"]]
+    return points
+
+
 def settings_of(p: Params, run: Run) -> dict:
     """The resolved settings of a run, saved beside its results."""
     asdict = dataclasses.asdict
@@ -93,8 +103,12 @@ def evaluate(p: Params, run: Run) -> dict:
     if saved["best_val"]:  # absent after fine-tuning, which follows the last epoch
         metrics["test_best_val"] = score(saved["best_val"]["model"], data.test_x, data.test_y)
         metrics["best_epoch"] = saved["best_val"]["epoch"]
+    if saved["method"].get("metrics"):  # what a teacher recorded (e.g. DLF's history)
+        metrics["teacher"] = saved["method"]["metrics"]
     sample = saved["method"].get("weight_sample")
     if sample and sample["weights"]:
         metrics["weight_histogram"] = weight_histogram(sample)
+        if sample.get("losses"):
+            metrics["weight_points"] = weight_points(sample)
     write_json(metrics, run.file("metrics.json"))
     return metrics

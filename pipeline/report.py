@@ -44,7 +44,27 @@ def collect(p: Params, experiment: str) -> pd.DataFrame:
                     **m["test_best_val"],
                 }
             )
+    rows += chosen_on_validation(exp, plan.runs(p, experiment))
     return pd.DataFrame(rows)
+
+
+def chosen_on_validation(exp, runs: list) -> list[dict]:
+    """Rows "<name> (val-chosen)": per noise setting and seed, the test metrics of the variant
+    in `choose_on_validation` with the best validation accuracy (first listed on ties)."""
+    if not exp.choose_on_validation:
+        return []
+    name = f"{exp.choose_on_validation[0].split('_')[0]} (val-chosen)"
+    best: dict[tuple[str, int], dict] = {}
+    for run in runs:
+        if run.method in exp.choose_on_validation:
+            m = read_json(run.file("metrics.json"))
+            key = (run.noise, run.seed)
+            if key not in best or m["val_accuracy"] > best[key]["val_accuracy"]:
+                best[key] = m
+    return [
+        {"noise": noise, "method": name, "seed": seed, **m["test"]}
+        for (noise, seed), m in best.items()
+    ]
 
 
 def summarise(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
@@ -146,41 +166,64 @@ def report(p: Params, experiment: str) -> pd.DataFrame:
 
 
 def weights_figure(p: Params, experiment: str) -> None:
-    """Histogram of the weights (times the batch size) given to clean and to corrupted
-    training examples half-way through training, summed over seeds: one panel per noise
-    setting and reweighting method (Ren et al. Figure 3)."""
+    """The example weights a reweighting method gave half-way through training, one panel per
+    noise setting and method, seeds pooled: weight against training loss coloured by label
+    where the runs kept points (DIR Figure 2), else histograms of the weights of clean and
+    corrupted examples (Ren et al. Figure 3)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels: dict[tuple[str, str], dict] = {}
+    hists: dict[tuple[str, str], dict] = {}
+    points: dict[tuple[str, str], dict] = {}
     for run in plan.runs(p, experiment):
-        hist = read_json(run.file("metrics.json")).get("weight_histogram")
-        if hist:
+        metrics = read_json(run.file("metrics.json"))
+        if "weight_points" in metrics:
+            total = points.setdefault(
+                (run.noise, run.method), {"loss": [], "weight": [], "label": []}
+            )
+            for key in total:
+                total[key] += metrics["weight_points"][key]
+        if "weight_histogram" in metrics:
+            hist = metrics["weight_histogram"]
             zeros = [0] * len(hist["clean"])
-            total = panels.setdefault(
+            total = hists.setdefault(
                 (run.noise, run.method), {"edges": hist["edges"], "clean": zeros, "noisy": zeros}
             )
             for key in ("clean", "noisy"):
                 total[key] = [a + b for a, b in zip(total[key], hist[key], strict=True)]
+    panels = points or hists
     if not panels:
-        raise ValueError(f"{experiment}: no run recorded example weights (use l2rw)")
+        raise ValueError(f"{experiment}: no run recorded example weights (use l2rw or dir)")
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
-    for ax, ((noise, method), h) in zip(axes[0], panels.items(), strict=True):
-        labels = [f"{a:g}-{b}" for a, b in zip(h["edges"], [*h["edges"][1:], "inf"], strict=True)]
-        pos = range(len(labels))
-        for k, key in enumerate(("clean", "noisy")):
-            counts = h[key]
-            share = [c / max(sum(counts), 1) for c in counts]
-            ax.bar([i + 0.4 * k for i in pos], share, 0.4, label=f"{key} labels")
-        ax.set_xticks([i + 0.2 for i in pos], labels, rotation=45, fontsize=7)
-        ax.set(xlabel="weight x batch size", ylabel="fraction of examples")
+    for ax, ((noise, method), data) in zip(axes[0], panels.items(), strict=True):
+        if points:
+            _weight_scatter(ax, data)
+        else:
+            _weight_histogram(ax, data)
         ax.set_title(f"{method}, {noise}", fontsize=9)
-        ax.legend(fontsize=8)
     fig.tight_layout()
     from pipeline.io import atomic_path
 
     with atomic_path(plan.weights_figure_path(experiment)) as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
+
+
+def _weight_histogram(ax, h: dict) -> None:
+    labels = [f"{a:g}-{b}" for a, b in zip(h["edges"], [*h["edges"][1:], "inf"], strict=True)]
+    pos = range(len(labels))
+    for k, key in enumerate(("clean", "noisy")):
+        counts = h[key]
+        share = [c / max(sum(counts), 1) for c in counts]
+        ax.bar([i + 0.4 * k for i in pos], share, 0.4, label=f"{key} labels")
+    ax.set_xticks([i + 0.2 for i in pos], labels, rotation=45, fontsize=7)
+    ax.set(xlabel="weight x batch size", ylabel="fraction of examples")
+    ax.legend(fontsize=8)
+
+
+def _weight_scatter(ax, pts: dict) -> None:
+    scatter = ax.scatter(pts["loss"], pts["weight"], c=pts["label"], cmap="tab10", s=6)
+    ax.set(xlabel="training loss", ylabel="weight x batch size")
+    ax.legend(*scatter.legend_elements(), fontsize=6, title="label", title_fontsize=7, ncols=2)

@@ -55,6 +55,10 @@ def error_of(raw) -> str:
             "experiments.tiny.methods[0]",
         ),
         (lambda r: r["experiments"]["tiny"].update(seeds=[0, 0]), "experiments.tiny.seeds"),
+        (
+            lambda r: r["experiments"]["tiny"].update(choose_on_validation=["l2rw"]),
+            "experiments.tiny.choose_on_validation[0]",
+        ),
         (lambda r: r["methods"].update(bogus={"method": "no_such"}), "methods.bogus.method"),
         (lambda r: r["methods"].update(erm={"lr": 1}), "methods.erm.lr"),
         (lambda r: r.update(profile="papr"), "profile"),

@@ -170,16 +170,20 @@ def test_bootstrap_targets():
 
 
 def test_bench_writes_relative_figures(tmp_path):
-    from pipeline.bench import run
+    from pipeline.bench import VARIANTS, run
 
-    rows = run("mlp:16", steps=2, device="cpu", out_dir=str(tmp_path))
-    assert [r["method"] for r in rows] == [
-        "erm",
-        "l2rw_jvp_fused",
-        "l2rw_jvp",
-        "l2rw_double_backward",
-    ]
+    rows = run("steps", "mlp:16", steps=2, device="cpu", out_dir=str(tmp_path))
+    assert [r["method"] for r in rows] == list(VARIANTS)
     assert rows[0]["time_vs_erm"] == 1 and all(r["ms_per_step"] > 0 for r in rows)
-    csv = (tmp_path / "l2rw_cpu.csv").read_text().splitlines()
+    csv = (tmp_path / "steps_cpu.csv").read_text().splitlines()
     assert csv[0].startswith("device,model,batch,method,ms_per_step,peak_mb,time_vs_erm")
-    assert len(csv) == 5 and (tmp_path / "l2rw_cpu.png").exists()
+    assert len(csv) == 1 + len(VARIANTS) and (tmp_path / "steps_cpu.png").exists()
+
+
+def test_bench_times_the_reverse_pass_against_b(tmp_path):
+    from pipeline.bench import BACKS, run
+
+    rows = run("reverse", "mlp:16", steps=1, device="cpu", out_dir=str(tmp_path))
+    assert [r["back"] for r in rows] == list(BACKS)
+    assert all(r["ms_per_update"] > 0 for r in rows)
+    assert (tmp_path / "reverse_cpu.csv").read_text().startswith("device,model,batch,back,")

@@ -58,3 +58,43 @@ def test_weight_histogram_counts_by_label_quality():
     assert sum(h["clean"]) == 3 and sum(h["noisy"]) == 3
     assert h["noisy"][0] == 2 and h["noisy"][1] == 1  # 0.0, 0.1 in [0, .25); 0.3 in [.25, .5)
     assert h["clean"][-1] == 1 and h["clean"][-2] == 1  # 7.0 >= 6; 5.0 in [4, 6)
+
+
+def test_variant_chosen_on_validation_per_seed(workdir, tiny_raw):
+    """The "(val-chosen)" row takes, for each noise setting and seed, the test result of the
+    variant with the best validation accuracy, not the best test accuracy."""
+    from pipeline import plan
+    from pipeline.io import write_json
+    from pipeline.report import chosen_on_validation
+
+    tiny_raw["methods"] = {
+        "focal_a": {"method": "focal", "gamma": 0.5},
+        "focal_b": {"method": "focal"},
+    }
+    tiny_raw["experiments"]["tiny"].update(
+        methods=["focal_a", "focal_b"], choose_on_validation=["focal_a", "focal_b"]
+    )
+    p = parse(tiny_raw)
+    val = {("focal_a", 0): 80.0, ("focal_b", 0): 70.0, ("focal_a", 1): 60.0, ("focal_b", 1): 65.0}
+    for run in plan.runs(p, "tiny"):
+        v = val[(run.method, run.seed)]
+        write_json({"val_accuracy": v, "test": {"accuracy": 100 - v}}, run.file("metrics.json"))
+    rows = chosen_on_validation(p.experiments["tiny"], plan.runs(p, "tiny"))
+    chosen = {(r["noise"], r["seed"]): r["accuracy"] for r in rows}
+    assert {r["method"] for r in rows} == {"focal (val-chosen)"}
+    assert chosen == {(n, s): a for n in ("clean", "uniform40") for s, a in ((0, 20.0), (1, 35.0))}
+
+
+def test_weights_figure_scatters_weight_against_loss(workdir, tiny_raw):
+    from pipeline import plan
+    from pipeline.io import write_json
+    from pipeline.report import weights_figure
+
+    tiny_raw["experiments"]["tiny"]["weights_figure"] = True
+    p = parse(tiny_raw)
+    for run in plan.runs(p, "tiny"):
+        points = {"loss": [0.1, 2.0, 0.5], "weight": [1.2, 0.4, 1.0], "label": [0, 1, 2]}
+        write_json({"weight_points": points}, run.file("metrics.json"))
+    weights_figure(p, "tiny")
+    png = workdir / plan.weights_figure_path("tiny")
+    assert png.read_bytes()[:4] == b"\x89PNG"

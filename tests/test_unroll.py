@@ -184,3 +184,25 @@ def test_one_step_back_equals_the_core_jvp_route(kind):
     expected = torch.autograd.grad(surrogate, list(teacher.parameters()))
     for a, b in zip(got, expected, strict=True):
         assert relative_error(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("rule", [SGDRule(0.1), RULES[1]])
+def test_stored_parameters_route_equals_autograd(rule):
+    """The option that keeps every theta_t (plain SGD has nothing to run backwards) gives the
+    same gradient as autograd through the unrolled steps."""
+    model, teacher = student("mlp"), Teacher()
+    theta, v, states, records = unrolled(model, teacher, rule, 4)
+    expected = torch.autograd.grad(val_loss(model, theta), list(teacher.parameters()))
+    theta_k = {k: p.detach().requires_grad_() for k, p in theta.items()}
+    val_grad = torch.autograd.grad(val_loss(model, theta_k), list(theta_k.values()))
+    got = backward_through_steps(
+        theta,
+        v,
+        records,
+        rule,
+        dict(zip(theta_k, val_grad, strict=True)),
+        list(teacher.parameters()),
+        stored=[s[0] for s in states],
+    )
+    for a, b in zip(got, expected, strict=True):
+        assert relative_error(a, b) < 1e-9

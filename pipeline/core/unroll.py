@@ -26,6 +26,7 @@ measures the recovered states against stored copies.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,25 @@ from torch.func import grad, jvp
 from pipeline.core.optim import SGDRule, Tensors
 
 Objective = Callable[[Tensors], torch.Tensor]
+
+
+def rng_state(device: torch.device) -> dict:
+    """The random state before a step, so that its dropout masks can be replayed."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+@contextmanager
+def replayed_rng(state: dict, device: torch.device):
+    """Run a block with the random state of a recorded step, leaving the current one alone."""
+    devices = [device] if "cuda" in state else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state["cpu"])
+        if devices:
+            torch.cuda.set_rng_state(state["cuda"], device)
+        yield
 
 
 @dataclass
@@ -76,32 +96,42 @@ def backward_through_steps(
     val_grad: Tensors,
     teacher: Sequence[torch.Tensor],
     trace: list[tuple[Tensors, Tensors]] | None = None,
+    stored: Sequence[Tensors] | None = None,
 ) -> list[torch.Tensor]:
     """d R(theta_K) / d teacher through the last len(steps) steps (oldest first in `steps`),
     starting from the final parameters, momentum buffers and validation gradient.
 
+    `stored`: the parameters theta_t before each step, kept by the caller (O(K |theta|)
+    memory; plain SGD, or a check); None recovers them by running momentum SGD backwards.
     `trace`, when given, receives the recovered (theta_t, v_t), newest first (for testing).
     """
     if rule.nesterov:
         raise ValueError("reverse-mode through Nesterov momentum is not implemented")
-    if not rule.momentum:
-        raise ValueError("running momentum SGD backwards needs momentum > 0")
+    if not rule.momentum and stored is None:
+        raise ValueError("running SGD backwards needs momentum > 0 (or stored parameters)")
     mu = rule.momentum
     theta = {k: p.detach().clone() for k, p in theta.items()}
-    v = {k: velocity[k].detach().clone() for k in theta}
+    v = {
+        k: velocity[k].detach().clone() if k in velocity else torch.zeros_like(p)
+        for k, p in theta.items()
+    }
     dtheta = {k: g.detach().clone() for k, g in val_grad.items()}
     dv = {k: torch.zeros_like(p) for k, p in theta.items()}
     dteacher = [torch.zeros_like(p) for p in teacher]
-    for step in reversed(steps):
+    for t in reversed(range(len(steps))):
+        step = steps[t]
         for k in theta:
-            theta[k] = theta[k] + step.lr * v[k]
+            theta[k] = stored[t][k].detach() if stored else theta[k] + step.lr * v[k]
         vhat = {k: dv[k] - step.lr * dtheta[k] for k in theta}
         objective = regularised(step.objective, rule.weight_decay)
         g, hv, directional = gradient_and_hvp(objective, theta, vhat)
-        for acc, d in zip(dteacher, torch.autograd.grad(directional, teacher), strict=True):
-            acc.add_(d)
+        grads = torch.autograd.grad(directional, teacher, allow_unused=True)
+        for acc, d in zip(dteacher, grads, strict=True):
+            if d is not None:  # a teacher parameter this step did not use
+                acc.add_(d)
         for k in theta:
-            v[k] = (v[k] - g[k].detach()) / mu
+            if not stored:
+                v[k] = (v[k] - g[k].detach()) / mu
             dtheta[k] = dtheta[k] + hv[k].detach()
             dv[k] = mu * vhat[k]
         if trace is not None:

@@ -8,6 +8,7 @@ method entry may name its implementation with `method:` to define a variant, e.g
 """
 
 from pipeline.methods.dir import DIR
+from pipeline.methods.dlf import DLF
 from pipeline.methods.erm import ERM
 from pipeline.methods.focal import Focal
 from pipeline.methods.l2rw import L2RW
@@ -20,6 +21,7 @@ from pipeline.methods.l2rw_baselines import (
     RandomWeights,
     Resample,
 )
+from pipeline.methods.loss_baselines import LargeMargin, Smooth01
 from pipeline.methods.mwn import MetaWeightNet
 from pipeline.methods.spl import SelfPaced
 
@@ -37,4 +39,7 @@ METHODS = {
     "focal": Focal,
     "spl": SelfPaced,
     "mwn": MetaWeightNet,
+    "dlf": DLF,
+    "smooth_01": Smooth01,
+    "large_margin": LargeMargin,
 }

@@ -30,7 +30,7 @@ from torch import nn
 from torch.func import functional_call
 
 from pipeline.core.meta import buffer_copies, params_of
-from pipeline.core.unroll import Step, backward_through_steps
+from pipeline.core.unroll import Step, backward_through_steps, replayed_rng, rng_state
 from pipeline.methods.base import Batch, Method, MethodSettings
 from pipeline.methods.l2rw import weight_by_noise
 
@@ -65,13 +65,6 @@ class Record:
     lr: float
     surface: tuple[float, float, float]  # iteration / total, mean training loss, best val acc
     rng: dict = field(repr=False)
-
-
-def rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
 
 
 def validation_loss(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
@@ -172,13 +165,9 @@ class DIR(Method):
         """The objective of a recorded step as a function of the parameters (batch norm on
         fresh buffer copies; dropout replays the step's random state)."""
         model = self.student.model
-        devices = [model.classifier.weight.device] if "cuda" in record.rng else []
 
         def objective(theta):
-            with torch.random.fork_rng(devices=devices):
-                torch.set_rng_state(record.rng["cpu"])
-                if devices:
-                    torch.cuda.set_rng_state(record.rng["cuda"], devices[0])
+            with replayed_rng(record.rng, record.x.device):
                 outputs = functional_call(
                     model, (theta, buffer_copies(model)), (record.x,), {"states": True}
                 )

@@ -1,0 +1,253 @@
+"""Learning to Teach with Dynamic Loss Functions (L2T-DLF, Wu et al. 2018).
+
+The student minimises l_Phi(p, y) = -sigmoid(y' Phi_t log p) (mean over the batch), with the
+loss coefficients Phi_t = W softmax(V s_t) set by the teacher from the student's state s_t:
+the iteration over the total, the training accuracy (batches since the last refresh), the dev
+accuracy and the dev precision of each class, all in [0, 1] (section 4.1): 3 + C entries for C
+classes (13 for 10 classes; 103 for CIFAR-100). The dev statistics are refreshed every
+`state_every` steps on the clean validation split.
+
+Teacher optimisation (Algorithm 1), before the run's student trains: each of `teacher_steps`
+steps trains a fresh student (a new initialisation) for T = `episode_steps` steps of the run's
+momentum SGD under the current teacher, differentiates the smoothed dev measure (the expected
+0-1 accuracy, mean p_y on the validation split) back through those T steps and takes an Adam
+step on the teacher. Reverse mode runs momentum SGD backwards (pipeline/core/unroll.py: memory
+O(|theta|) whatever T), or with `reverse: stored` keeps every theta_t as the public demo does
+(plain SGD needs it). Then the test phase: the run's student trains from its own
+initialisation with the fixed teacher, and is scored on the test split as every run is.
+The state is an input, not a path of the gradient (ds/dtheta = 0).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from pipeline.core.meta import buffer_copies, params_of
+from pipeline.core.student import Student, predict
+from pipeline.core.unroll import Step, backward_through_steps, replayed_rng, rng_state
+from pipeline.io import log
+from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.noise import generator
+
+
+class LossTeacher(nn.Module):
+    """Phi = W softmax(V s), W in R^{C x C x N}, V in R^{N x |s|}; Phi starts at the identity
+    (every key holds I), so the first loss is -sigmoid(log p_y)."""
+
+    def __init__(self, classes: int, state_dim: int, keys: int):
+        super().__init__()
+        self.V = nn.Parameter(torch.randn(keys, state_dim) * 0.1)
+        self.W = nn.Parameter(torch.eye(classes)[:, :, None].repeat(1, 1, keys))
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.W @ torch.softmax(self.V @ state, 0)
+
+
+def dynamic_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """Per-example l_Phi = -sigmoid(y' Phi log p)."""
+    return -torch.sigmoid((phi[y] * F.log_softmax(logits, 1)).sum(1))
+
+
+def expected_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The smoothed 0-1 accuracy: the mean probability of the true class."""
+    return logits.softmax(1).gather(1, y[:, None]).mean()
+
+
+class StateTracker:
+    """The student's state s_t, its dev part refreshed every `every` steps."""
+
+    def __init__(self, data, total_steps: int, every: int):
+        self.data, self.total, self.every = data, total_steps, every
+        self.dev = torch.zeros(
+            1 + data.num_classes, dtype=data.val_x.dtype, device=data.val_x.device
+        )
+        self.correct, self.seen = 0.0, 0
+
+    def refresh(self, model: nn.Module) -> None:
+        pred = predict(model, self.data.val_x).argmax(1)
+        y, c = self.data.val_y, self.data.num_classes
+        hits = torch.bincount(pred[pred == y], minlength=c).to(self.dev.dtype)
+        predicted = torch.bincount(pred, minlength=c).to(self.dev.dtype)
+        precision = hits / predicted.clamp_min(1)
+        self.dev = torch.cat([(pred == y).to(self.dev.dtype).mean()[None], precision])
+        self.correct, self.seen = 0.0, 0
+
+    def state(self, model: nn.Module, step: int) -> torch.Tensor:
+        if step % self.every == 0:
+            self.refresh(model)
+        train_acc = self.correct / self.seen if self.seen else 0.0
+        head = torch.tensor([step / self.total, train_acc], device=self.dev.device)
+        return torch.cat([head.to(self.dev.dtype), self.dev])
+
+    def observe(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.correct += float((logits.argmax(1) == y).sum())
+        self.seen += len(y)
+
+
+class DLF(Method):
+    @dataclass(frozen=True)
+    class Settings(MethodSettings):
+        """teacher_steps: teacher optimisation steps (the paper: 60 for MNIST, 100 for CIFAR);
+        episode_steps: T, the student steps of each; keys: N of the attention; teacher_lr:
+        Adam's alpha; state_every: steps between dev-statistics refreshes; reverse: run
+        momentum SGD backwards (O(|theta|) memory) or keep every theta_t (`stored`)."""
+
+        teacher_steps: int = 60
+        episode_steps: int = 200
+        keys: int = 10
+        teacher_lr: float = 1e-4
+        state_every: int = 20
+        reverse: Literal["momentum", "stored"] = "momentum"
+
+        def check(self, where: str) -> None:
+            from pipeline.config import ParamsError
+
+            for name in ("teacher_steps", "episode_steps", "keys", "state_every"):
+                if getattr(self, name) < 1:
+                    raise ParamsError(f"{where}.{name}: must be at least 1")
+
+    SNAPSHOTS = (1 / 3, 2 / 3, 1.0)  # fractions of training at which Phi_t is kept (Figure 4)
+
+    def __init__(self, settings, ctx):
+        super().__init__(settings, ctx)
+        schedule = ctx.schedule
+        if schedule.nesterov:
+            raise ValueError("dlf: reverse mode through Nesterov momentum is not implemented")
+        if settings.reverse == "momentum" and not schedule.momentum:
+            raise ValueError("dlf: plain SGD cannot run backwards; set reverse: stored")
+        c = ctx.data.num_classes
+        param = ctx.student.model.classifier.weight
+        self.teacher = LossTeacher(c, 3 + c, settings.keys).to(param.device, param.dtype)
+        self.optimizer = torch.optim.Adam(self.teacher.parameters(), lr=settings.teacher_lr)
+        self.tracker = StateTracker(ctx.data, ctx.student.total_steps, settings.state_every)
+        self.trained = False
+        self.history: list[dict] = []  # the dev measure along teacher optimisation (Figure 3)
+        self.snapshots: list[dict] = []
+        self.run_seed = ctx.generator.initial_seed()  # episodes follow from the run's seed
+
+    # ---- teacher optimisation ----
+
+    def episode(self, k: int) -> dict:
+        """One teacher optimisation step: a fresh student for T steps, then reverse mode."""
+        s, data = self.settings, self.ctx.data
+        model = copy.deepcopy(self.student.model)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator("dlf-episode", self.run_seed, k).initial_seed())
+            for m in model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+            if hasattr(model, "_init_weights"):
+                model._init_weights()
+        student = Student(model, self.ctx.schedule, s.episode_steps)
+        tracker = StateTracker(data, s.episode_steps, s.state_every)
+        g = generator("dlf-batches", self.run_seed, k)
+        steps, stored = [], []
+        size = self.ctx.schedule.batch_size
+        for t in range(s.episode_steps):
+            index = torch.randint(0, len(data.train_y), (size,), generator=g).to(
+                data.train_y.device
+            )
+            x, y = data.train_x[index], data.train_y[index]
+            state = tracker.state(model, t)
+            rng = rng_state(x.device)
+            if s.reverse == "stored":
+                stored.append({n: p.detach().clone() for n, p in params_of(model).items()})
+            logits = model(x)
+            tracker.observe(logits, y)
+            with torch.no_grad():
+                phi = self.teacher(state)
+            lr = student.rule().lr
+            student.update(dynamic_loss(logits, y, phi).mean())
+            steps.append(Step(lr, self.replay(model, x, y, state, rng)))
+        theta = {n: p.detach().requires_grad_() for n, p in params_of(model).items()}
+        with torch.enable_grad():
+            logits = functional_call(model, (theta, buffer_copies(model)), (data.val_x,))
+            measure = expected_accuracy(logits, data.val_y)
+            val_grad = torch.autograd.grad(1 - measure, list(theta.values()))
+        grads = backward_through_steps(
+            theta,
+            student.momentum(),
+            steps,
+            student.rule(),
+            dict(zip(theta, val_grad, strict=True)),
+            list(self.teacher.parameters()),
+            stored=stored or None,
+        )
+        if not all(torch.isfinite(g).all() for g in grads):
+            raise FloatingPointError("dlf: non-finite teacher gradient")
+        for p, grad in zip(self.teacher.parameters(), grads, strict=True):
+            p.grad = grad
+        self.optimizer.step()
+        accuracy = float((logits.argmax(1) == data.val_y).double().mean())
+        return {
+            "teacher_step": k + 1,
+            "dev_expected_accuracy": round(float(measure), 6),
+            "dev_accuracy": round(accuracy, 6),
+        }
+
+    def replay(self, model, x, y, state, rng):
+        def objective(theta):
+            with replayed_rng(rng, x.device):
+                logits = functional_call(model, (theta, buffer_copies(model)), (x,))
+            return dynamic_loss(logits, y, self.teacher(state)).mean()
+
+        return objective
+
+    def optimise_teacher(self) -> None:
+        for k in range(len(self.history), self.settings.teacher_steps):
+            self.history.append(self.episode(k))
+            h = self.history[-1]
+            log(
+                f"dlf teacher step {k + 1}/{self.settings.teacher_steps}: dev expected accuracy "
+                f"{h['dev_expected_accuracy']:.4f}, dev accuracy {h['dev_accuracy']:.4f}"
+            )
+        self.trained = True
+
+    # ---- the test phase ----
+
+    def step(self, batch: Batch):
+        if not self.trained:
+            self.optimise_teacher()
+        student = self.student
+        state = self.tracker.state(student.model, student.step_count)
+        logits = student.model(batch.x)
+        self.tracker.observe(logits, batch.y)
+        with torch.no_grad():
+            phi = self.teacher(state)
+        loss = dynamic_loss(logits, batch.y, phi).mean()
+        student.update(loss)
+        self.keep_snapshot(phi)
+        return {"loss": loss.detach(), "phi_diag": phi.diagonal().mean()}
+
+    def keep_snapshot(self, phi: torch.Tensor) -> None:
+        total = self.student.total_steps
+        marks = [max(1, round(f * total)) for f in self.SNAPSHOTS]
+        if self.student.step_count in marks:
+            self.snapshots.append(
+                {"step": self.student.step_count, "phi": phi.round(decimals=4).tolist()}
+            )
+
+    def state_dict(self) -> dict:
+        return {
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "trained": self.trained,
+            "tracker": (self.tracker.dev, self.tracker.correct, self.tracker.seen),
+            "metrics": {"teacher_history": self.history, "loss_coefficients": self.snapshots},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.trained = state["trained"]
+        dev, self.tracker.correct, self.tracker.seen = state["tracker"]
+        self.tracker.dev = dev.to(self.tracker.dev.device)
+        self.history = state["metrics"]["teacher_history"]
+        self.snapshots = state["metrics"]["loss_coefficients"]
