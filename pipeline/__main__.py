@@ -110,7 +110,7 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
         help="model:batch list, e.g. resnet32:512,wrn_28_10:100 (default: a CPU or a GPU set)",
     )
     parser.add_argument(
-        "--steps", type=int, default=20, help="timed steps (reverse: teacher updates)"
+        "--steps", type=int, default=20, help="timed steps per measurement (steps suite)"
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", default="results/bench", help="output folder")

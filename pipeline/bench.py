@@ -4,8 +4,10 @@ steps: time per student step (the mean, so that a teacher update every K steps i
     and peak memory of each method relative to ERM: same model, batch size (training and
     validation batches equal) and device; the double-backward reference of L2RW's meta-gradient
     runs beside the fast routes. Writes results/bench/steps_<device>.csv and .png.
-reverse: DIR's teacher update (Algorithm 1) against B, the number of steps differentiated
-    back: time per update and peak memory; memory must not grow with B. Writes
+reverse: reverse mode through many steps. DIR's teacher update (Algorithm 1) against B, the
+    steps differentiated back, and a DLF teacher optimisation step (T student steps, then T
+    back) against T, running momentum SGD backwards or keeping every theta_t (`stored`): time
+    and peak memory; running backwards must not grow with B or T. Writes
     results/bench/reverse_<device>.csv.
 
 Each measurement runs in a fresh process so that peak memory is its own: CUDA's
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -48,7 +49,11 @@ VARIANTS = {  # row name -> (method, settings)
     "mwn": ("mwn", {}),
     "dir": ("dir", {"interval": 20, "back": 2}),
 }
-BACKS = (1, 2, 5, 10)  # the reverse suite's B (with K = B: one update per window)
+BACKS = (1, 2, 5, 10)  # the reverse suite's B for DIR (with K = B: one update per window)
+LENGTHS = (25, 50, 100, 200)  # and its T for a DLF teacher optimisation step
+REVERSE = [("dir", b) for b in BACKS] + [
+    (f"dlf_{how}", t) for how in ("momentum", "stored") for t in LENGTHS
+]
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
 
 
@@ -118,36 +123,42 @@ def measure(model_name: str, batch: int, variant: str, steps: int, device: str) 
     }
 
 
-def measure_reverse(model_name: str, batch: int, back: int, updates: int, device: str) -> dict:
-    """DIR with K = B = `back`: median time of a teacher update and peak memory (training
-    included), in this process."""
-    settings = {"interval": back, "back": back}
-    method, one_step, dev = _setup(model_name, batch, "dir", settings, back * (updates + 1), device)
-    times = []
-    update = method.update_teacher
+def measure_reverse(model_name: str, batch: int, method: str, steps: int, device: str) -> dict:
+    """Two reverse passes through `steps` steps: DIR's window of K = B = steps student steps
+    and its teacher update, or a DLF teacher optimisation step with T = steps (training
+    included in both). Peak memory of the first pass, time of the second, in this process."""
+    if method == "dir":
+        settings = {"interval": steps, "back": steps}
+        kind, total = "dir", steps * 2
+    else:
+        kind, total = "dlf", steps
+        settings = {"teacher_steps": 2, "episode_steps": steps, "reverse": method[4:]}
+    teacher, one_step, dev = _setup(model_name, batch, kind, settings, total, device)
 
-    def timed_update():
-        _sync(dev)
-        start = time.perf_counter()
-        out = update()
-        _sync(dev)
-        times.append(time.perf_counter() - start)
-        return out
+    def one_pass(k: int) -> None:
+        if kind == "dir":
+            for i in range(steps):
+                one_step(k * steps + i)
+        else:
+            teacher.episode(k)
 
-    method.update_teacher = timed_update
-    for i in range(back):  # warm-up window
-        one_step(i)
-    times.clear()
+    # The first pass gives the peak (a CPU's peak resident set cannot be reset, so no
+    # warm-up may come before it), the second the time.
     base = _reset_peak(dev)
-    for i in range(back * updates):
-        one_step(back + i)
+    one_pass(0)
+    peak = _peak(dev, base)
+    _sync(dev)
+    start = time.perf_counter()
+    one_pass(1)
+    _sync(dev)
     return {
         "device": dev.type,
         "model": model_name,
         "batch": batch,
-        "back": back,
-        "ms_per_update": 1000 * statistics.median(times),
-        "peak_mb": _peak(dev, base),
+        "method": method,
+        "steps_back": steps,
+        "ms": 1000 * (time.perf_counter() - start),
+        "peak_mb": peak,
     }
 
 
@@ -157,8 +168,16 @@ def _in_fresh_process(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(suite: str, cases: str | None, steps: int, device: str, out_dir: str) -> list[dict]:
-    """Run one suite for every model:batch case, each measurement in a fresh process."""
+def run(
+    suite: str,
+    cases: str | None,
+    steps: int,
+    device: str,
+    out_dir: str,
+    reverse: list[tuple[str, int]] = REVERSE,
+) -> list[dict]:
+    """Run one suite for every model:batch case, each measurement in a fresh process
+    (`reverse`: the (method, steps back) measured by the reverse suite)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
@@ -166,15 +185,16 @@ def run(suite: str, cases: str | None, steps: int, device: str, out_dir: str) ->
         model_name, batch = case.split(":")
         if model_name not in MODELS:
             raise ValueError(f"bench: unknown model {model_name!r} (known: {', '.join(MODELS)})")
-        for item in VARIANTS if suite == "steps" else map(str, BACKS):
-            row = _in_fresh_process(suite, model_name, batch, item, str(steps), device)
+        items = [(v, steps) for v in VARIANTS] if suite == "steps" else reverse
+        for method, count in items:
+            row = _in_fresh_process(suite, model_name, batch, method, str(count), device)
             rows.append(row)
             if suite == "steps":
                 cost = f"{row['ms_per_step']:.1f} ms/step"
             else:
-                cost = f"B={item}: {row['ms_per_update']:.1f} ms/teacher update"
+                cost = f"{count} steps back: {row['ms']:.0f} ms"
             print(
-                f"{device} {model_name} batch {batch} {row.get('method', 'dir')} {cost}, "
+                f"{device} {model_name} batch {batch} {method} {cost}, "
                 f"peak {row['peak_mb']:.0f} MB",
                 flush=True,
             )
@@ -236,4 +256,4 @@ if __name__ == "__main__":  # one measurement, in its own process (see `run`)
     if suite == "steps":
         print(json.dumps(measure(name, int(batch), item, int(steps), device)))
     else:
-        print(json.dumps(measure_reverse(name, int(batch), int(item), int(steps), device)))
+        print(json.dumps(measure_reverse(name, int(batch), item, int(steps), device)))

@@ -166,10 +166,11 @@ def report(p: Params, experiment: str) -> pd.DataFrame:
 
 
 def weights_figure(p: Params, experiment: str) -> None:
-    """The example weights a reweighting method gave half-way through training, one panel per
-    noise setting and method, seeds pooled: weight against training loss coloured by label
-    where the runs kept points (DIR Figure 2), else histograms of the weights of clean and
-    corrupted examples (Ren et al. Figure 3)."""
+    """What the teachers produced. For reweighting methods, the example weights half-way
+    through training, one panel per noise setting and method, seeds pooled: weight against
+    training loss coloured by label where the runs kept points (DIR Figure 2), else
+    histograms of the weights of clean and corrupted examples (Ren et al. Figure 3). For a
+    loss teacher (DLF), its Figures 3 and 4 (see _loss_teacher_figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -177,8 +178,11 @@ def weights_figure(p: Params, experiment: str) -> None:
 
     hists: dict[tuple[str, str], dict] = {}
     points: dict[tuple[str, str], dict] = {}
+    teachers: dict[tuple[str, str], list] = {}
     for run in plan.runs(p, experiment):
         metrics = read_json(run.file("metrics.json"))
+        if "teacher_history" in metrics.get("teacher", {}):
+            teachers.setdefault((run.noise, run.method), []).append(metrics["teacher"])
         if "weight_points" in metrics:
             total = points.setdefault(
                 (run.noise, run.method), {"loss": [], "weight": [], "label": []}
@@ -193,9 +197,11 @@ def weights_figure(p: Params, experiment: str) -> None:
             )
             for key in ("clean", "noisy"):
                 total[key] = [a + b for a, b in zip(total[key], hist[key], strict=True)]
+    if teachers:
+        return _loss_teacher_figure(teachers, plan.weights_figure_path(experiment))
     panels = points or hists
     if not panels:
-        raise ValueError(f"{experiment}: no run recorded example weights (use l2rw or dir)")
+        raise ValueError(f"{experiment}: no run recorded example weights or a loss teacher")
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, ((noise, method), data) in zip(axes[0], panels.items(), strict=True):
         if points:
@@ -227,3 +233,31 @@ def _weight_scatter(ax, pts: dict) -> None:
     scatter = ax.scatter(pts["loss"], pts["weight"], c=pts["label"], cmap="tab10", s=6)
     ax.set(xlabel="training loss", ylabel="weight x batch size")
     ax.legend(*scatter.legend_elements(), fontsize=6, title="label", title_fontsize=7, ncols=2)
+
+
+def _loss_teacher_figure(teachers: dict, path: str) -> None:
+    """L2T-DLF Figure 3 (the dev measure along teacher optimisation, one line per seed) and
+    Figure 4 (the loss coefficients Phi_t of the first seed at three points of training)."""
+    import matplotlib.pyplot as plt
+
+    (noise, method), records = next(iter(teachers.items()))
+    snapshots = records[0]["loss_coefficients"]
+    fig, axes = plt.subplots(1, 1 + len(snapshots), figsize=(4 * (1 + len(snapshots)), 3.4))
+    for seed, record in enumerate(records):
+        history = record["teacher_history"]
+        steps = [h["teacher_step"] for h in history]
+        axes[0].plot(steps, [h["dev_expected_accuracy"] for h in history], label=f"seed {seed}")
+    axes[0].set(xlabel="teacher optimisation step", ylabel="dev expected accuracy")
+    axes[0].set_title(f"{method}, {noise}: dev measure", fontsize=9)
+    axes[0].legend(fontsize=7)
+    bound = max(abs(v) for snap in snapshots for row in snap["phi"] for v in row) or 1.0
+    for ax, snap in zip(axes[1:], snapshots, strict=True):
+        image = ax.imshow(snap["phi"], cmap="coolwarm", vmin=-bound, vmax=bound)
+        ax.set(xlabel="class j", ylabel="class i (label)")
+        ax.set_title(f"Phi_t(i, j) at step {snap['step']}", fontsize=9)
+    fig.colorbar(image, ax=list(axes[1:]), shrink=0.8)
+    from pipeline.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)

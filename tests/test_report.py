@@ -98,3 +98,20 @@ def test_weights_figure_scatters_weight_against_loss(workdir, tiny_raw):
     weights_figure(p, "tiny")
     png = workdir / plan.weights_figure_path("tiny")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_loss_teacher_figure_from_recorded_history(workdir, tiny_raw):
+    from pipeline import plan
+    from pipeline.io import write_json
+    from pipeline.report import weights_figure
+
+    tiny_raw["experiments"]["tiny"]["weights_figure"] = True
+    p = parse(tiny_raw)
+    history = [{"teacher_step": k, "dev_expected_accuracy": 0.5 + k / 10} for k in (1, 2, 3)]
+    phi = [[1.0, -0.5], [0.2, 1.0]]
+    snaps = [{"step": s, "phi": phi} for s in (10, 20, 30)]
+    for run in plan.runs(p, "tiny"):
+        teacher = {"teacher_history": history, "loss_coefficients": snaps}
+        write_json({"teacher": teacher}, run.file("metrics.json"))
+    weights_figure(p, "tiny")
+    assert (workdir / plan.weights_figure_path("tiny")).read_bytes()[:4] == b"\x89PNG"

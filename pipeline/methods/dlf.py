@@ -95,12 +95,14 @@ class DLF(Method):
     @dataclass(frozen=True)
     class Settings(MethodSettings):
         """teacher_steps: teacher optimisation steps (the paper: 60 for MNIST, 100 for CIFAR);
-        episode_steps: T, the student steps of each; keys: N of the attention; teacher_lr:
-        Adam's alpha; state_every: steps between dev-statistics refreshes; reverse: run
-        momentum SGD backwards (O(|theta|) memory) or keep every theta_t (`stored`)."""
+        episode_steps: T, the student steps of each (None: the run's training length, so
+        that the state's iteration feature means the same in both phases); keys: N of the
+        attention; teacher_lr: Adam's alpha; state_every: steps between refreshes of the
+        dev statistics; reverse: run momentum SGD backwards (O(|theta|) memory) or keep
+        every theta_t (`stored`)."""
 
         teacher_steps: int = 60
-        episode_steps: int = 200
+        episode_steps: int | None = None  # None: as long as the run's own training
         keys: int = 10
         teacher_lr: float = 1e-4
         state_every: int = 20
@@ -110,7 +112,7 @@ class DLF(Method):
             from pipeline.config import ParamsError
 
             for name in ("teacher_steps", "episode_steps", "keys", "state_every"):
-                if getattr(self, name) < 1:
+                if (getattr(self, name) or 1) < 1:
                     raise ParamsError(f"{where}.{name}: must be at least 1")
 
     SNAPSHOTS = (1 / 3, 2 / 3, 1.0)  # fractions of training at which Phi_t is kept (Figure 4)
@@ -145,12 +147,13 @@ class DLF(Method):
                     m.reset_parameters()
             if hasattr(model, "_init_weights"):
                 model._init_weights()
-        student = Student(model, self.ctx.schedule, s.episode_steps)
-        tracker = StateTracker(data, s.episode_steps, s.state_every)
+        length = s.episode_steps or self.student.total_steps
+        student = Student(model, self.ctx.schedule, length)
+        tracker = StateTracker(data, length, s.state_every)
         g = generator("dlf-batches", self.run_seed, k)
         steps, stored = [], []
         size = self.ctx.schedule.batch_size
-        for t in range(s.episode_steps):
+        for t in range(length):
             index = torch.randint(0, len(data.train_y), (size,), generator=g).to(
                 data.train_y.device
             )
