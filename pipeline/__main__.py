@@ -50,14 +50,15 @@ def cmd_noise(p, args) -> None:
     from pipeline.noise import make_split, summary
 
     data = RawDataset.from_dict(load_torch(plan.prepared_path(args.dataset)))
-    split = make_split(data, p.datasets[args.dataset], p.noise[args.noise], args.seed)
-    save_torch(split, plan.split_path(args.dataset, args.noise, args.seed))
-    info = summary(split)
-    write_json(info, plan.split_summary_path(args.dataset, args.noise, args.seed))
-    print(
-        f"split {args.dataset}/{args.noise}/seed{args.seed}: {info['sizes']}, "
-        f"realised noise rate {info['realised_rate']:.4f}"
-    )
+    for seed in args.seeds:
+        split = make_split(data, p.datasets[args.dataset], p.noise[args.noise], seed)
+        save_torch(split, plan.split_path(args.dataset, args.noise, seed))
+        info = summary(split)
+        write_json(info, plan.split_summary_path(args.dataset, args.noise, seed))
+        print(
+            f"split {args.dataset}/{args.noise}/seed{seed}: {info['sizes']}, "
+            f"realised noise rate {info['realised_rate']:.4f}"
+        )
 
 
 def _run(args) -> plan.Run:
@@ -65,9 +66,11 @@ def _run(args) -> plan.Run:
 
 
 def cmd_train(p, args) -> None:
-    from pipeline.train import train
+    from pipeline.train import train_cell
 
-    train(p, _run(args))
+    train_cell(
+        p, plan.Cell(**{f.name: getattr(args, f.name) for f in dataclasses.fields(plan.Cell)})
+    )
 
 
 def cmd_evaluate(p, args) -> None:
@@ -116,9 +119,23 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="results/bench", help="output folder")
 
 
-def _run_args(parser: argparse.ArgumentParser) -> None:
-    for f in dataclasses.fields(plan.Run):
-        parser.add_argument(f"--{f.name}", required=True, type=int if f.name == "seed" else str)
+def seed_list(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seeds like 0,1,2") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: distinct seeds >= 0 expected")
+    return seeds
+
+
+def _run_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    for f in dataclasses.fields(plan.Run)[:-1]:
+        parser.add_argument(f"--{f.name}", required=True)
+    if many:
+        parser.add_argument("--seeds", required=True, type=seed_list, help="e.g. 0,1,2")
+    else:
+        parser.add_argument("--seed", required=True, type=int)
 
 
 STAGES = {
@@ -130,10 +147,10 @@ STAGES = {
         lambda s: (
             s.add_argument("--dataset", required=True),
             s.add_argument("--noise", required=True),
-            s.add_argument("--seed", required=True, type=int),
+            s.add_argument("--seeds", required=True, type=seed_list, help="e.g. 0,1,2"),
         ),
     ),
-    "train": (cmd_train, _run_args),
+    "train": (cmd_train, lambda s: _run_args(s, many=True)),
     "evaluate": (cmd_evaluate, _run_args),
     "report": (cmd_report, lambda s: s.add_argument("--experiment", required=True)),
     "weights": (cmd_weights, lambda s: s.add_argument("--experiment", required=True)),

@@ -216,7 +216,6 @@ class ExperimentSpec:
     schedule: str
     noise: tuple[str, ...]
     methods: tuple[str, ...]
-    seeds: tuple[int, ...]
     title: str = ""
     figure: str | None = None  # noise field on the x axis of the experiment's figure
     early_stopping: bool = False  # also report each method's best-on-validation epoch (+ES)
@@ -227,12 +226,8 @@ class ExperimentSpec:
     reported: tuple[str, ...] = ()  # entries of pipeline/reported.yaml to show beside ours
 
     def check(self, where: str) -> None:
-        for key in ("noise", "methods", "seeds"):
-            values = getattr(self, key)
-            if not values:
-                raise ParamsError(f"{where}.{key}: must not be empty")
-            if len(set(values)) != len(values):
-                raise ParamsError(f"{where}.{key}: has duplicates")
+        for key in ("noise", "methods"):
+            _distinct(where, key, getattr(self, key))
         for i, name in enumerate(self.choose_on_validation):
             if name not in self.methods:
                 raise ParamsError(f"{where}.choose_on_validation[{i}]: {name!r} is not in methods")
@@ -247,6 +242,28 @@ class ExperimentSpec:
                 )
 
 
+def _distinct(where: str, key: str, values: tuple) -> None:
+    if not values:
+        raise ParamsError(f"{where}.{key}: must not be empty")
+    if len(set(values)) != len(values):
+        raise ParamsError(f"{where}.{key}: has duplicates")
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """An experiment suite. Every experiment of a profile runs the same seeds, so one train
+    job can train all seeds of a setting in one process (one torch start-up, not three)."""
+
+    seeds: tuple[int, ...]
+    experiments: tuple[str, ...]
+
+    def check(self, where: str) -> None:
+        _distinct(where, "seeds", self.seeds)
+        _distinct(where, "experiments", self.experiments)
+        if any(s < 0 for s in self.seeds):
+            raise ParamsError(f"{where}.seeds: seeds are integers >= 0")
+
+
 def reported_numbers() -> dict:
     """pipeline/reported.yaml: the numbers the papers report."""
     import yaml
@@ -258,7 +275,7 @@ def reported_numbers() -> dict:
 @dataclass(frozen=True)
 class Params:
     profile: str
-    profiles: dict[str, tuple[str, ...]]
+    profiles: dict[str, ProfileSpec]
     run: RunSpec
     datasets: dict[str, DatasetSpec]
     noise: dict[str, NoiseSpec]
@@ -270,7 +287,12 @@ class Params:
 
     @property
     def active_experiments(self) -> dict[str, ExperimentSpec]:
-        return {name: self.experiments[name] for name in self.profiles[self.profile]}
+        return {name: self.experiments[name] for name in self.profiles[self.profile].experiments}
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The active profile's seeds (every experiment runs all of them)."""
+        return self.profiles[self.profile].seeds
 
     def method_kind(self, name: str) -> str:
         return self.raw["methods"][name].get("method", name) if self.raw else name
@@ -325,13 +347,9 @@ def parse(raw: dict) -> Params:
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ParamsError(f"{unknown[0]}: unknown top-level key (known: {', '.join(SECTIONS)})")
-    profiles = raw.get("profiles") or {}
-    for name, exps in profiles.items():
-        if not isinstance(exps, list) or not all(isinstance(e, str) for e in exps):
-            raise ParamsError(f"profiles.{name}: expected a list of experiment names")
     params = Params(
         profile=raw.get("profile", "default"),
-        profiles={k: tuple(v) for k, v in profiles.items()},
+        profiles=_section(raw, "profiles", lambda v, w: build(ProfileSpec, v, w)),
         run=build(RunSpec, raw.get("run"), "run"),
         datasets=_section(raw, "datasets", lambda v, w: build(DatasetSpec, v, w)),
         noise=_section(raw, "noise", lambda v, w: build(NoiseSpec, v, w)),
@@ -350,10 +368,10 @@ def _check_references(p: Params) -> None:
         raise ParamsError(
             f"profile: unknown profile {p.profile!r} (known: {', '.join(p.profiles)})"
         )
-    for name, exps in p.profiles.items():
-        for i, exp in enumerate(exps):
+    for name, profile in p.profiles.items():
+        for i, exp in enumerate(profile.experiments):
             if exp not in p.experiments:
-                raise ParamsError(f"profiles.{name}[{i}]: unknown experiment {exp!r}")
+                raise ParamsError(f"profiles.{name}.experiments[{i}]: unknown experiment {exp!r}")
     for name, exp in p.experiments.items():
         where = f"experiments.{name}"
         for key, section in (

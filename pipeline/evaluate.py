@@ -12,7 +12,7 @@ from pipeline.core.student import predict
 from pipeline.io import git_revision, load_torch, write_json
 from pipeline.models import build_model
 from pipeline.plan import Run
-from pipeline.task import load_task
+from pipeline.task import TaskData, load_task
 from pipeline.train import pick_device
 
 
@@ -70,11 +70,12 @@ def settings_of(p: Params, run: Run) -> dict:
     }
 
 
-def evaluate(p: Params, run: Run) -> dict:
+def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
+    """Score a run's saved model on the test split (`data`: the run's task, when loaded)."""
     device = pick_device(p.run.device)
     if device.type == "cpu":
         torch.set_num_threads(p.run.threads)
-    data = load_task(run.dataset, run.noise, run.seed, device)
+    data = data or load_task(run.dataset, run.noise, run.seed, device)
     spec = p.models[run.model]
     model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options).to(device)
     saved = load_torch(run.file("model.pt"))

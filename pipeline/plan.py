@@ -2,9 +2,12 @@
 
 A run is identified by what determines its result (dataset, model, schedule, noise setting,
 method, seed), not by the experiment that asks for it, so experiments that share a setting
-(a sweep point and a table cell, say) share the run. The Snakemake rules name the same paths
-through these functions, dvc.yaml is generated from `jobs()`, and tests/test_workflow.py
-checks that Snakemake's DAG and dvc.yaml list the same jobs, commands and outputs.
+(a sweep point and a table cell, say) share the run. One train job trains every seed of a
+setting (a `Cell`) and one noise job splits every seed of a noise setting, in one process:
+a torch start-up costs seconds, as much as training a small run. The Snakemake rules name the
+same paths through these functions, dvc.yaml is generated from `jobs()`, and
+tests/test_workflow.py checks that Snakemake's DAG and dvc.yaml list the same jobs, commands
+and outputs.
 """
 
 from __future__ import annotations
@@ -47,7 +50,47 @@ class Run:
         return "".join(f" --{f.name} {getattr(self, f.name)}" for f in fields(self))
 
 
-WILDCARDS = Run(*(f"{{{f.name}}}" for f in fields(Run)))  # paths with Snakemake wildcards
+RUN_OUTPUTS = ("model.pt", "history.json", "metrics.json")
+
+
+def seeds_arg(seeds: tuple[int, ...]) -> str:
+    return ",".join(map(str, seeds))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One setting with all of its seeds: what one train job trains."""
+
+    dataset: str
+    model: str
+    schedule: str
+    noise: str
+    method: str
+    seeds: tuple[int, ...]
+
+    @classmethod
+    def wildcards(cls, seeds: tuple[int, ...]) -> Cell:
+        """The Snakemake pattern of a train job (the profile's seeds are fixed)."""
+        return cls(*(f"{{{f.name}}}" for f in fields(cls)[:-1]), seeds)
+
+    @property
+    def runs(self) -> list[Run]:
+        return [Run(*astuple(self)[:-1], s) for s in self.seeds]
+
+    @property
+    def name(self) -> str:
+        return "-".join(astuple(self)[:-1])
+
+    @property
+    def outputs(self) -> list[str]:
+        return [r.file(name) for r in self.runs for name in RUN_OUTPUTS]
+
+    @property
+    def args(self) -> str:
+        names = [f.name for f in fields(self)[:-1]]
+        return "".join(f" --{n} {getattr(self, n)}" for n in names) + (
+            f" --seeds {seeds_arg(self.seeds)}"
+        )
 
 
 def prepared_path(dataset: str) -> str:
@@ -60,6 +103,11 @@ def split_path(dataset: str, noise: str, seed: int | str) -> str:
 
 def split_summary_path(dataset: str, noise: str, seed: int | str) -> str:
     return f"results/noise/{dataset}/{noise}/seed{seed}.json"
+
+
+def split_outputs(dataset: str, noise: str, seeds: tuple[int, ...]) -> list[str]:
+    """What a noise job writes: the split and its summary, per seed."""
+    return [f(dataset, noise, s) for s in seeds for f in (split_path, split_summary_path)]
 
 
 def log_path(stage: str, name: str) -> str:
@@ -108,29 +156,32 @@ def prepare_job(p: Params, dataset: str) -> Job:
     )
 
 
-def noise_job(p: Params, dataset: str, noise: str, seed: int) -> Job:
+def noise_job(p: Params, dataset: str, noise: str, seeds: tuple[int, ...]) -> Job:
+    outs = tuple(split_outputs(dataset, noise, seeds))
     return Job(
-        f"noise-{dataset}-{noise}-seed{seed}",
-        _cmd("noise", dataset=dataset, noise=noise, seed=seed),
+        f"noise-{dataset}-{noise}",
+        _cmd("noise", dataset=dataset, noise=noise, seeds=seeds_arg(seeds)),
         (prepared_path(dataset),),
-        (split_path(dataset, noise, seed), split_summary_path(dataset, noise, seed)),
+        outs,
         (f"datasets.{dataset}", f"noise.{noise}"),
-        committed=(split_summary_path(dataset, noise, seed),),
+        committed=tuple(o for o in outs if o.endswith(".json")),
     )
 
 
-def train_job(p: Params, run: Run) -> Job:
-    """Train, then score the model on the test split in the same process (a separate
+def train_job(p: Params, cell: Cell) -> Job:
+    """Train each seed, then score its model on the test split, in one process (a separate
     evaluate job would cost a second torch start-up per run; `python -m pipeline evaluate`
     re-scores a saved model on demand)."""
-    committed = (run.file("history.json"), run.file("metrics.json"))
     return Job(
-        f"train-{run.name}",
-        "python -m pipeline train" + run.args,
-        (prepared_path(run.dataset), split_path(run.dataset, run.noise, run.seed)),
-        (run.file("model.pt"), *committed),
-        (f"models.{run.model}", f"schedules.{run.schedule}", f"methods.{run.method}", "run"),
-        committed=committed,
+        f"train-{cell.name}",
+        "python -m pipeline train" + cell.args,
+        (
+            prepared_path(cell.dataset),
+            *(split_path(cell.dataset, cell.noise, s) for s in cell.seeds),
+        ),
+        tuple(cell.outputs),
+        (f"models.{cell.model}", f"schedules.{cell.schedule}", f"methods.{cell.method}", "run"),
+        committed=tuple(o for o in cell.outputs if o.endswith(".json")),
     )
 
 
@@ -160,15 +211,15 @@ def weights_job(p: Params, experiment: str) -> Job:
     )
 
 
+def cells(p: Params, experiment: str) -> list[Cell]:
+    """Every setting of an experiment, in table order."""
+    e = p.experiments[experiment]
+    return [Cell(e.dataset, e.model, e.schedule, n, m, p.seeds) for n in e.noise for m in e.methods]
+
+
 def runs(p: Params, experiment: str) -> list[Run]:
     """Every run of an experiment, in table order."""
-    e = p.experiments[experiment]
-    return [
-        Run(e.dataset, e.model, e.schedule, n, m, s)
-        for n in e.noise
-        for m in e.methods
-        for s in e.seeds
-    ]
+    return [r for c in cells(p, experiment) for r in c.runs]
 
 
 def jobs(p: Params) -> list[Job]:
@@ -176,9 +227,8 @@ def jobs(p: Params) -> list[Job]:
     out: dict[str, Job] = {}
     for name, exp in p.active_experiments.items():
         found = [prepare_job(p, exp.dataset)]
-        found += [noise_job(p, exp.dataset, n, s) for n in exp.noise for s in exp.seeds]
-        for run in runs(p, name):
-            found.append(train_job(p, run))
+        found += [noise_job(p, exp.dataset, n, p.seeds) for n in exp.noise]
+        found += [train_job(p, cell) for cell in cells(p, name)]
         found.append(report_job(p, name))
         if exp.weights_figure:
             found.append(weights_job(p, name))
@@ -200,7 +250,7 @@ def param_values(p: Params, job: Job) -> dict:
 def job_for(p: Params, stage: str, args: dict) -> Job | None:
     """The job of a pipeline stage called with these arguments (None for helper commands)."""
     if stage == "train":
-        return train_job(p, Run(**args))
+        return train_job(p, Cell(**args))
     make = {
         "prepare": prepare_job,
         "noise": noise_job,

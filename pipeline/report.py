@@ -99,8 +99,8 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
     lines = [
         f"# {exp.title or experiment}",
         "",
-        f"Test {metric} (%), mean ± 95% CI over {len(exp.seeds)} seeds "
-        f"({', '.join(map(str, exp.seeds))}); dataset {exp.dataset}, model {exp.model}, "
+        f"Test {metric} (%), mean ± 95% CI over {len(p.seeds)} seeds "
+        f"({', '.join(map(str, p.seeds))}); dataset {exp.dataset}, model {exp.model}, "
         f'schedule {exp.schedule}. Rows are the final model; "+ES" rows the epoch best '
         "on the clean validation split.",
         "",

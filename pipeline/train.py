@@ -1,10 +1,10 @@
-"""The train stage: one (experiment, noise setting, method, seed) run.
+"""The train stage: every seed of one (dataset, model, schedule, noise setting, method).
 
 The loop is the same for every method; the method's `step` does the update. Each epoch ends
 with the clean-validation accuracy in the history and a checkpoint (outside the declared
-outputs), so a killed job resumes at its last finished epoch and ends bit-identical to an
-uninterrupted run on CPU: batch order is a function of (seed, epoch), and the RNG states are
-saved with the checkpoint.
+outputs), so a killed job resumes at its last finished epoch, seeds already done included,
+and ends bit-identical to an uninterrupted run on CPU: batch order is a function of (seed,
+epoch), and the RNG states are saved with the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pipeline.methods import METHODS
 from pipeline.methods.base import Batch, Context
 from pipeline.models import build_model
 from pipeline.noise import generator
-from pipeline.plan import Run
+from pipeline.plan import Cell, Run
 from pipeline.task import TaskData, load_task
 
 
@@ -90,9 +90,20 @@ def finetune(student: Student, data: TaskData, steps: int, seed: int) -> dict:
     }
 
 
-def train(p: Params, run: Run, stop_after_epoch: int | None = None) -> Path:
-    """Train one run and write model.pt and history.json; returns the run directory.
-    `stop_after_epoch` simulates an interruption (tests of resuming)."""
+def train_cell(p: Params, cell: Cell) -> None:
+    """Train and score every seed; the checkpoints go once all are done, so a killed job
+    redoes no finished seed (both engines delete a failed job's outputs, not checkpoints)."""
+    for run in cell.runs:
+        train(p, run, keep_checkpoint=True)
+    for run in cell.runs:
+        Path(run.checkpoint).unlink(missing_ok=True)
+
+
+def train(
+    p: Params, run: Run, stop_after_epoch: int | None = None, keep_checkpoint: bool = False
+) -> Path:
+    """Train one run, write model.pt and history.json, and score it (metrics.json); returns
+    the run directory. `stop_after_epoch` simulates an interruption (tests of resuming)."""
     schedule, seed = p.schedules[run.schedule], run.seed
     device = pick_device(p.run.device)
     if device.type == "cpu":
@@ -186,7 +197,8 @@ def train(p: Params, run: Run, stop_after_epoch: int | None = None) -> Path:
     log(f"trained {out_dir} in {sum(r['seconds'] for r in history):.1f}s of epochs")
     from pipeline.evaluate import evaluate
 
-    metrics = evaluate(p, run)
+    metrics = evaluate(p, run, data)
     log(f"test accuracy {metrics['test']['accuracy']:.2f}%")
-    os.remove(ckpt_path)
+    if not keep_checkpoint:
+        os.remove(ckpt_path)
     return out_dir

@@ -15,7 +15,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 TINY = {
     "profile": "default",
-    "profiles": {"default": ["tiny"], "other": ["tiny"]},
+    "profiles": {
+        "default": {"seeds": [0, 1], "experiments": ["tiny"]},
+        "other": {"seeds": [0], "experiments": ["tiny"]},
+    },
     "run": {"device": "cpu", "threads": 1},
     "datasets": {"digits": {"source": "sklearn_digits", "test_size": 297}},
     "noise": {
@@ -35,7 +38,6 @@ TINY = {
             "schedule": "short",
             "noise": ["clean", "uniform40"],
             "methods": ["erm"],
-            "seeds": [0, 1],
             "figure": "rate",
         },
     },

@@ -14,6 +14,7 @@ from pipeline.config import (
     ExperimentSpec,
     NoiseSpec,
     ParamsError,
+    ProfileSpec,
     ScheduleSpec,
     load,
     parse,
@@ -54,7 +55,9 @@ def error_of(raw) -> str:
             lambda r: r["experiments"]["tiny"].update(methods=["l2rw_typo"]),
             "experiments.tiny.methods[0]",
         ),
-        (lambda r: r["experiments"]["tiny"].update(seeds=[0, 0]), "experiments.tiny.seeds"),
+        (lambda r: r["profiles"]["default"].update(seeds=[0, 0]), "profiles.default.seeds"),
+        (lambda r: r["profiles"]["default"].update(seeds=[-1]), "profiles.default.seeds"),
+        (lambda r: r["experiments"]["tiny"].update(seeds=[0]), "experiments.tiny.seeds"),
         (
             lambda r: r["experiments"]["tiny"].update(choose_on_validation=["l2rw"]),
             "experiments.tiny.choose_on_validation[0]",
@@ -62,7 +65,11 @@ def error_of(raw) -> str:
         (lambda r: r["methods"].update(bogus={"method": "no_such"}), "methods.bogus.method"),
         (lambda r: r["methods"].update(erm={"lr": 1}), "methods.erm.lr"),
         (lambda r: r.update(profile="papr"), "profile"),
-        (lambda r: r["profiles"].update(default=["nope"]), "profiles.default[0]"),
+        (
+            lambda r: r["profiles"]["default"].update(experiments=["nope"]),
+            "profiles.default.experiments[0]",
+        ),
+        (lambda r: r["profiles"].update(default=["tiny"]), "profiles.default"),
         (lambda r: r["noise"].update({"rate.5": {"kind": "none"}}), "noise.rate.5"),
         (lambda r: r["run"].update(device="tpu"), "run.device"),
     ],
@@ -77,7 +84,7 @@ def test_parse_gives_typed_settings(tiny_raw):
     p = parse(tiny_raw)
     assert p.noise["uniform40"].rate == 0.4
     assert p.schedules["short"].milestones == (0.5,)
-    assert isinstance(p.experiments["tiny"].seeds, tuple)
+    assert p.seeds == (0, 1) and p.profiles["other"].seeds == (0,)
     assert p.method_kind("erm") == "erm"
 
 
@@ -90,6 +97,7 @@ def test_schema_and_dataclasses_agree():
         (NoiseSpec, props["noise"]),
         (ScheduleSpec, props["schedules"]),
         (ExperimentSpec, props["experiments"]),
+        (ProfileSpec, props["profiles"]),
     ]
     for cls, section in pairs:
         fields = {f.name for f in dataclasses.fields(cls)}

@@ -11,7 +11,7 @@ from pipeline import plan
 from pipeline.__main__ import main
 from pipeline.config import load
 from pipeline.io import load_torch, read_json
-from pipeline.train import train
+from pipeline.train import train, train_cell
 
 RUN = plan.Run("digits", "mlp", "short", "uniform40", "erm", 0)
 RUN_ARGS = ["--dataset", "digits", "--model", "mlp", "--schedule", "short", "--method", "erm"]
@@ -21,7 +21,7 @@ RUN_ARGS = ["--dataset", "digits", "--model", "mlp", "--schedule", "short", "--m
 def prepared(workdir):
     assert main(["prepare", "--dataset", "digits"]) == 0
     for noise in ("clean", "uniform40"):
-        assert main(["noise", "--dataset", "digits", "--noise", noise, "--seed", "0"]) == 0
+        assert main(["noise", "--dataset", "digits", "--noise", noise, "--seeds", "0,1"]) == 0
     return load("params.yaml")
 
 
@@ -45,8 +45,31 @@ def test_interrupted_run_resumes_to_the_same_weights(prepared):
     assert Path(RUN.file("history.json")).read_text() == history
 
 
+def test_a_killed_cell_redoes_no_finished_seed(prepared, capsys):
+    """Both engines delete a failed job's outputs; the finished seed's last checkpoint stays
+    until the whole cell is done, so the rerun only writes that seed's outputs again."""
+    cell = plan.Cell("digits", "mlp", "short", "uniform40", "erm", (0, 1))
+    train_cell(prepared, cell)
+    first = {r.seed: model_state(r) for r in cell.runs}
+    assert not any(Path(r.checkpoint).exists() for r in cell.runs)
+
+    train(prepared, cell.runs[0], keep_checkpoint=True)  # seed 0 done, then the job dies
+    for r in cell.runs:
+        for name in plan.RUN_OUTPUTS:
+            Path(r.file(name)).unlink()
+    capsys.readouterr()
+    train_cell(prepared, cell)
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "seed0 from epoch 2" in out and "seed1 from" not in out
+    assert all(
+        torch.equal(first[r.seed][k], model_state(r)[k]) for r in cell.runs for k in first[0]
+    )
+    assert not any(Path(r.checkpoint).exists() for r in cell.runs)
+
+
 def test_erm_learns_and_is_scored_on_test(prepared):
-    assert main(["train", "--noise", "clean", *RUN_ARGS, "--seed", "0"]) == 0
+    assert main(["train", "--noise", "clean", *RUN_ARGS, "--seeds", "0"]) == 0
     clean = plan.Run("digits", "mlp", "short", "clean", "erm", 0)
     m = read_json(clean.file("metrics.json"))  # train scores the model on the test split
     Path(clean.file("metrics.json")).unlink()
@@ -61,5 +84,5 @@ def test_erm_learns_and_is_scored_on_test(prepared):
 
 
 def test_unknown_name_on_the_command_line(prepared, capsys):
-    assert main(["train", "--noise", "uniform45", *RUN_ARGS, "--seed", "0"]) == 2
+    assert main(["train", "--noise", "uniform45", *RUN_ARGS, "--seeds", "0"]) == 2
     assert "--noise uniform45" in capsys.readouterr().err

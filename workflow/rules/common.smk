@@ -8,7 +8,6 @@ wildcard_constraints:
     experiment=r"[A-Za-z][A-Za-z0-9_-]*",
     model=r"[A-Za-z][A-Za-z0-9_-]*",
     schedule=r"[A-Za-z][A-Za-z0-9_-]*",
-    seed=r"\d+",
 
 
 def settings(job):
@@ -16,9 +15,12 @@ def settings(job):
     return plan.param_values(P, job)
 
 
-def run_job(stage):
-    """The plan's job for a run's wildcards (its inputs depend on the dataset)."""
-    return lambda wc: getattr(plan, f"{stage}_job")(
-        P,
-        plan.Run(wc.dataset, wc.model, wc.schedule, wc.noise, wc.method, int(wc.seed)),
+CELL = plan.Cell.wildcards(P.seeds)  # a train job's paths: every seed of the profile
+SEEDS = plan.seeds_arg(P.seeds)
+
+
+def train_job(wc):
+    """The plan's train job for a setting's wildcards (its inputs depend on the dataset)."""
+    return plan.train_job(
+        P, plan.Cell(wc.dataset, wc.model, wc.schedule, wc.noise, wc.method, P.seeds)
     )

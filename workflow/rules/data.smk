@@ -1,4 +1,4 @@
-# Data: load a dataset once, then split and corrupt it per noise setting and seed.
+# Data: load a dataset once, then split and corrupt it per noise setting (all seeds).
 
 
 rule prepare:
@@ -18,16 +18,14 @@ rule noise:
     input:
         plan.prepared_path("{dataset}"),
     output:
-        plan.split_path("{dataset}", "{noise}", "{seed}"),
-        plan.split_summary_path("{dataset}", "{noise}", "{seed}"),
+        plan.split_outputs("{dataset}", "{noise}", P.seeds),
     log:
-        plan.log_path("noise", "{dataset}-{noise}-seed{seed}"),
+        plan.log_path("noise", "{dataset}-{noise}"),
     conda:
         "../envs/pipeline.yaml"
     params:
-        settings=lambda wc: settings(
-            plan.noise_job(P, wc.dataset, wc.noise, int(wc.seed))
-        ),
+        settings=lambda wc: settings(plan.noise_job(P, wc.dataset, wc.noise, P.seeds)),
+        seeds=SEEDS,
     shell:
         "python -m pipeline noise --dataset {wildcards.dataset} --noise {wildcards.noise}"
-        " --seed {wildcards.seed}"
+        " --seeds {params.seeds}"
