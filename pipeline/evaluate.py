@@ -101,9 +101,12 @@ def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
             "device": device.type,
         },
     }
-    if saved["best_val"]:  # absent after fine-tuning, which follows the last epoch
-        metrics["test_best_val"] = score(saved["best_val"]["model"], data.test_x, data.test_y)
-        metrics["best_epoch"] = saved["best_val"]["epoch"]
+    best = saved["best_val"]  # absent after fine-tuning, which follows the last epoch
+    if best:
+        final = saved["model"]
+        same = all(torch.equal(v, final[k]) for k, v in best["model"].items())
+        metrics["test_best_val"] = test if same else score(best["model"], data.test_x, data.test_y)
+        metrics["best_epoch"] = best["epoch"]
     if saved["method"].get("metrics"):  # what a teacher recorded (e.g. DLF's history)
         metrics["teacher"] = saved["method"]["metrics"]
     sample = saved["method"].get("weight_sample")

@@ -1,7 +1,9 @@
-"""The student being trained: a model, its momentum-SGD optimiser and its step-decay schedule.
+"""The student being trained: a model, its momentum-SGD update and its step-decay schedule.
 
-The real update is torch.optim.SGD; methods that look ahead reproduce the same rule
-functionally (pipeline/core/optim.py), tested to match it exactly.
+The update is the rule of torch.optim.SGD as one pure function (pipeline/core/optim.py,
+tested bit-identical to torch.optim), so look-ahead steps take exactly the real step. Applying
+it here rather than through torch.optim also spares each job the seconds torch.optim spends
+importing its compiler on first use.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ScheduleSpec
-from pipeline.core.optim import SGDRule, momentum_buffers
+from pipeline.core.optim import SGDRule, sgd_step
 
 
 class Student:
@@ -19,15 +21,8 @@ class Student:
         self.model = model
         self.schedule = schedule
         self.total_steps = total_steps
-        self.optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=schedule.lr,
-            momentum=schedule.momentum,
-            nesterov=schedule.nesterov,
-            weight_decay=schedule.weight_decay,
-        )
         self.step_count = 0
-        self.names = {p: name for name, p in model.named_parameters()}
+        self.buffers: dict[str, torch.Tensor] = {}  # momentum, by parameter name
 
     def lr_at(self, step: int) -> float:
         """Step decay: lr * gamma^k after the k-th milestone (fractions of total steps)."""
@@ -36,32 +31,38 @@ class Student:
 
     def rule(self) -> SGDRule:
         """The update rule of the coming step (its scheduled lr), for look-ahead steps."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_at(self.step_count)
-        return SGDRule.of(self.optimizer)
+        s = self.schedule
+        return SGDRule(self.lr_at(self.step_count), s.momentum, s.nesterov, s.weight_decay)
 
     def momentum(self) -> dict[str, torch.Tensor]:
-        """The optimiser's momentum buffers by parameter name."""
-        return momentum_buffers(self.optimizer, self.names)
+        """The momentum buffers by parameter name (empty before the first step)."""
+        return self.buffers
 
     def update(self, loss: torch.Tensor) -> None:
-        """One optimiser step on `loss` at the scheduled learning rate."""
-        self.rule()
-        self.optimizer.zero_grad(set_to_none=True)
+        """One momentum-SGD step on `loss` at the scheduled learning rate."""
+        params = dict(self.model.named_parameters())
+        for p in params.values():
+            p.grad = None
         loss.backward()
-        self.optimizer.step()
+        with torch.no_grad():
+            grads = {k: p.grad for k, p in params.items() if p.grad is not None}
+            trained = {k: params[k] for k in grads}
+            new, buffers = sgd_step(trained, grads, self.buffers, self.rule())
+            for k, value in new.items():
+                params[k].copy_(value)
+            self.buffers = {**self.buffers, **buffers}
         self.step_count += 1
 
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "momentum": dict(self.buffers),
             "step_count": self.step_count,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffers = dict(state["momentum"])
         self.step_count = state["step_count"]
 
 

@@ -191,7 +191,7 @@ class DLF(Method):
         accuracy = float((logits.argmax(1) == data.val_y).double().mean())
         return {
             "teacher_step": k + 1,
-            "dev_expected_accuracy": round(float(measure), 6),
+            "dev_expected_accuracy": round(float(measure.detach()), 6),
             "dev_accuracy": round(accuracy, 6),
         }
 
