@@ -168,7 +168,7 @@ class DLF(Method):
                 phi = self.teacher(state)
             lr = student.rule().lr
             student.update(dynamic_loss(logits, y, phi).mean())
-            steps.append(Step(lr, self.replay(model, x, y, state, rng)))
+            steps.append(Step(lr, self.replay(model, index, state, rng)))
         theta = {n: p.detach().requires_grad_() for n, p in params_of(model).items()}
         with torch.enable_grad():
             logits = functional_call(model, (theta, buffer_copies(model)), (data.val_x,))
@@ -195,8 +195,14 @@ class DLF(Method):
             "dev_accuracy": round(accuracy, 6),
         }
 
-    def replay(self, model, x, y, state, rng):
+    def replay(self, model, index, state, rng):
+        """Step t's loss as a function of theta. It keeps the batch's indices, not its images:
+        what an episode holds per step is then a few kilobytes (mostly the RNG state), so
+        memory stays O(|theta|) in practice, not O(T x batch)."""
+        data = self.ctx.data
+
         def objective(theta):
+            x, y = data.train_x[index], data.train_y[index]
             with replayed_rng(rng, x.device):
                 logits = functional_call(model, (theta, buffer_copies(model)), (x,))
             return dynamic_loss(logits, y, self.teacher(state)).mean()
