@@ -94,7 +94,17 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
         for _, r in summary.iterrows()
     }
     ours = list(dict.fromkeys(summary["method"]))
-    theirs = [k for paper in papers for k in paper["values"] if k not in ours]
+    # A paper's number for a method kind (e.g. "dlf") goes on our one variant of that kind
+    # (e.g. dlf_t2, fewer teacher steps); with several variants each must be named.
+    kinds = {m: p.method_kind(m) for m in exp.methods}
+    sole = {k: m for m, k in kinds.items() if list(kinds.values()).count(k) == 1}
+    paper_key = {m: k for k, m in sole.items()}
+
+    def paper_value(paper: dict, row: str) -> str:
+        values = paper["values"]
+        return values.get(row, values.get(paper_key.get(row, row), "—"))
+
+    theirs = [k for paper in papers for k in paper["values"] if k not in ours and k not in sole]
     header = ["method", *exp.noise, *(f"paper [{i + 1}]" for i in range(len(papers)))]
     lines = [
         f"# {exp.title or experiment}",
@@ -110,7 +120,7 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
     for row in ours + list(dict.fromkeys(theirs)):
         label = row if row in ours else f"{row} (reported)"
         values = [cell.get((n, row), "—") for n in exp.noise]
-        values += [paper["values"].get(row, "—") for paper in papers]
+        values += [paper_value(paper, row) for paper in papers]
         lines.append(f"| {label} | " + " | ".join(values) + " |")
     lines += [""] + [f"[{i + 1}] {paper['label']}" for i, paper in enumerate(papers)]
     return "\n".join(lines).rstrip() + "\n"

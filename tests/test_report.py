@@ -48,6 +48,32 @@ def test_markdown_puts_papers_beside_ours(tiny_raw):
     assert lines[-1].startswith("[1] Ren et al. 2018 Table 1")
 
 
+def test_a_papers_method_kind_goes_on_our_only_variant_of_it(tiny_raw):
+    """The paper's L2RW number lands on l2rw_fast (our sole l2rw variant), not as a
+    "(reported)" row; with two variants neither gets it."""
+    tiny_raw["methods"].update(l2rw_fast={"method": "l2rw"}, l2rw_b={"method": "l2rw"})
+    tiny_raw["experiments"]["tiny"].update(reported=["l2rw_t1_cifar10"])
+
+    def table(methods: list[str]) -> list[str]:
+        tiny_raw["experiments"]["tiny"]["methods"] = methods
+        runs = pd.DataFrame(
+            [
+                {"noise": n, "method": m, "seed": s, "accuracy": 90.0 + s}
+                for n in ("clean", "uniform40")
+                for s in (0, 1)
+                for m in methods
+            ]
+        )
+        return markdown(parse(tiny_raw), "tiny", summarise(runs)).splitlines()
+
+    one = table(["erm", "l2rw_fast"])
+    assert "| l2rw_fast | 90.50 ± 6.35 | 90.50 ± 6.35 | 86.92 ± 0.19 |" in one
+    assert not any(line.startswith("| l2rw (reported)") for line in one)
+    two = table(["l2rw_fast", "l2rw_b"])
+    assert "| l2rw_fast | 90.50 ± 6.35 | 90.50 ± 6.35 | — |" in two
+    assert any(line.startswith("| l2rw (reported) | — | — | 86.92") for line in two)
+
+
 def test_weight_histogram_counts_by_label_quality():
     sample = {
         "weights": [torch.tensor([0.0, 0.1, 1.2, 5.0]), torch.tensor([7.0, 0.3])],
