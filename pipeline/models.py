@@ -16,11 +16,13 @@ mode included.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Sequence
 from itertools import pairwise
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -255,3 +257,17 @@ def build_model(arch: str, in_shape: tuple[int, ...], num_classes: int, **option
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def fresh_copy(model: nn.Module, seed: int) -> nn.Module:
+    """A copy of `model` with its parameters drawn anew from `seed` (a teacher of the
+    student's architecture, or a fresh student), leaving the global RNG as it was."""
+    model = copy.deepcopy(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in model.modules():
+            if hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+        if hasattr(model, "_init_weights"):
+            model._init_weights()
+    return model

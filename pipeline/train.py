@@ -51,11 +51,19 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
-def batches(data: TaskData, batch_size: int, seed: int, epoch: int, augmentation: str):
-    """Full batches of labelled training examples in an order fixed by (seed, epoch)."""
+def batches(
+    data: TaskData,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    augmentation: str,
+    unlabelled: bool = False,
+):
+    """Full batches of the labelled training examples (all of them for a method that reads
+    unlabelled ones, whose label is -1) in an order fixed by (seed, epoch)."""
     g = generator("batches", seed, epoch)
-    labelled = (data.train_y >= 0).nonzero().squeeze(1).cpu()
-    order = labelled[torch.randperm(len(labelled), generator=g)]
+    usable = (data.train_y >= (-1 if unlabelled else 0)).nonzero().squeeze(1).cpu()
+    order = usable[torch.randperm(len(usable), generator=g)]
     for i in range(len(order) // batch_size):
         index = order[i * batch_size : (i + 1) * batch_size].to(data.train_x.device)
         x = data.train_x[index]
@@ -64,10 +72,11 @@ def batches(data: TaskData, batch_size: int, seed: int, epoch: int, augmentation
         yield Batch(x, data.train_y[index], index)
 
 
-def steps_per_epoch(data: TaskData, batch_size: int) -> int:
-    n = int((data.train_y >= 0).sum())
+def steps_per_epoch(data: TaskData, batch_size: int, unlabelled: bool = False) -> int:
+    n = len(data.train_y) if unlabelled else int((data.train_y >= 0).sum())
     if n < batch_size:
-        raise ValueError(f"{n} labelled training examples, fewer than one batch of {batch_size}")
+        kind = "training" if unlabelled else "labelled training"
+        raise ValueError(f"{n} {kind} examples, fewer than one batch of {batch_size}")
     return n // batch_size
 
 
@@ -114,10 +123,12 @@ def train(
     torch.manual_seed(int(generator("init", seed).initial_seed()))  # init and dropout
     spec = p.models[run.model]
     model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options).to(device)
-    per_epoch = steps_per_epoch(data, schedule.batch_size)
+    method_cls = METHODS[p.method_kind(run.method)]
+    unlabelled = method_cls.uses_unlabelled
+    per_epoch = steps_per_epoch(data, schedule.batch_size, unlabelled)
     student = Student(model, schedule, per_epoch * schedule.epochs)
     ctx = Context(student, data, schedule, generator("method", seed))
-    teacher = METHODS[p.method_kind(run.method)](p.methods[run.method], ctx)
+    teacher = method_cls(p.methods[run.method], ctx)
 
     history: list[dict] = []
     best: dict = {"val_acc": -1.0}  # the best-on-validation model (early stopping)
@@ -138,7 +149,7 @@ def train(
         started = time.monotonic()
         model.train()
         sums: dict[str, torch.Tensor] = {}
-        for batch in batches(data, schedule.batch_size, seed, epoch, schedule.augment):
+        for batch in batches(data, schedule.batch_size, seed, epoch, schedule.augment, unlabelled):
             for key, value in teacher.step(batch).items():
                 sums[key] = sums.get(key, 0.0) + value
             progress.update(student.step_count)

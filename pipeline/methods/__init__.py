@@ -22,6 +22,7 @@ from pipeline.methods.l2rw_baselines import (
     Resample,
 )
 from pipeline.methods.loss_baselines import LargeMargin, Smooth01
+from pipeline.methods.mpl import MetaPseudoLabels
 from pipeline.methods.mwn import MetaWeightNet
 from pipeline.methods.spl import SelfPaced
 
@@ -42,4 +43,5 @@ METHODS = {
     "dlf": DLF,
     "smooth_01": Smooth01,
     "large_margin": LargeMargin,
+    "mpl": MetaPseudoLabels,
 }

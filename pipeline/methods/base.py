@@ -39,6 +39,7 @@ class MethodSettings:
 
 class Method:
     Settings = MethodSettings
+    uses_unlabelled = False  # True: batches include unlabelled examples (label -1)
 
     def __init__(self, settings, ctx: Context):
         self.settings = settings

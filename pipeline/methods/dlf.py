@@ -20,7 +20,6 @@ The state is an input, not a path of the gradient (ds/dtheta = 0).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +33,7 @@ from pipeline.core.student import Student, predict
 from pipeline.core.unroll import Step, backward_through_steps, replayed_rng, rng_state
 from pipeline.io import log
 from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.models import fresh_copy
 from pipeline.noise import generator
 
 
@@ -139,14 +139,8 @@ class DLF(Method):
     def episode(self, k: int) -> dict:
         """One teacher optimisation step: a fresh student for T steps, then reverse mode."""
         s, data = self.settings, self.ctx.data
-        model = copy.deepcopy(self.student.model)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(generator("dlf-episode", self.run_seed, k).initial_seed())
-            for m in model.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
-            if hasattr(model, "_init_weights"):
-                model._init_weights()
+        seed = generator("dlf-episode", self.run_seed, k).initial_seed()
+        model = fresh_copy(self.student.model, seed)
         length = s.episode_steps or self.student.total_steps
         student = Student(model, self.ctx.schedule, length)
         tracker = StateTracker(data, length, s.state_every)
