@@ -73,6 +73,13 @@ def cmd_train(p, args) -> None:
     )
 
 
+def cmd_pretrain(p, args) -> None:
+    """Pretrain a teacher (params.yaml `teachers`) on every seed's split."""
+    from pipeline.train import train_runs
+
+    train_runs(p, plan.teacher_runs(p, args.teacher, args.dataset, args.noise, args.seeds))
+
+
 def cmd_evaluate(p, args) -> None:
     from pipeline.evaluate import evaluate
 
@@ -92,6 +99,13 @@ def cmd_weights(p, args) -> None:
     from pipeline.report import weights_figure
 
     weights_figure(p, args.experiment)
+
+
+def cmd_regions(p, args) -> None:
+    """Figures for two-dimensional data: decision regions and gradient cosine (MPL 1 and 8)."""
+    from pipeline.regions import regions_figures
+
+    regions_figures(p, args.experiment)
 
 
 def cmd_bench(args) -> None:
@@ -150,10 +164,20 @@ STAGES = {
             s.add_argument("--seeds", required=True, type=seed_list, help="e.g. 0,1,2"),
         ),
     ),
+    "pretrain": (
+        cmd_pretrain,
+        lambda s: (
+            s.add_argument("--teacher", required=True),
+            s.add_argument("--dataset", required=True),
+            s.add_argument("--noise", required=True),
+            s.add_argument("--seeds", required=True, type=seed_list, help="e.g. 0,1,2"),
+        ),
+    ),
     "train": (cmd_train, lambda s: _run_args(s, many=True)),
     "evaluate": (cmd_evaluate, _run_args),
     "report": (cmd_report, lambda s: s.add_argument("--experiment", required=True)),
     "weights": (cmd_weights, lambda s: s.add_argument("--experiment", required=True)),
+    "regions": (cmd_regions, lambda s: s.add_argument("--experiment", required=True)),
     "bench": (cmd_bench, _bench_args),
 }
 
@@ -165,6 +189,7 @@ def _check_names(p, args) -> None:
         ("noise", p.noise),
         ("method", p.methods),
         ("experiment", p.experiments),
+        ("teacher", p.teachers),
     ):
         value = getattr(args, key, None)
         if value is not None and value not in section:

@@ -194,7 +194,7 @@ class ScheduleSpec:
     weight_decay: float = 0.0
     milestones: tuple[float, ...] = ()
     gamma: float = 0.1
-    augment: Literal["none", "crop_flip"] = "none"
+    augment: Literal["none", "crop_flip", "randaugment"] = "none"  # pipeline/augment.py
     val_batch_size: int | None = None  # validation batch for methods that use one; None: batch_size
 
     def check(self, where: str) -> None:
@@ -210,6 +210,16 @@ class ScheduleSpec:
 
 
 @dataclass(frozen=True)
+class TeacherSpec:
+    """A teacher pretrained by the pretrain stage on each seed's split of the dataset and noise
+    setting of the run that needs it (a method whose settings name it in `teacher`)."""
+
+    model: str
+    schedule: str
+    method: str
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     dataset: str
     model: str
@@ -220,6 +230,7 @@ class ExperimentSpec:
     figure: str | None = None  # noise field on the x axis of the experiment's figure
     early_stopping: bool = False  # also report each method's best-on-validation epoch (+ES)
     weights_figure: bool = False  # a figure of the weights a reweighting method gave
+    regions_figure: bool = False  # two-dimensional data: decision regions, gradient cosine
     # variants of one method (e.g. focal_g05, focal_g1, focal_g2): an extra row
     # "<name before the first _> (val-chosen)" takes, per seed, the best on validation
     choose_on_validation: tuple[str, ...] = ()
@@ -282,6 +293,7 @@ class Params:
     models: dict[str, ModelSpec]
     schedules: dict[str, ScheduleSpec]
     methods: dict[str, Any]  # name -> the method's own frozen settings dataclass
+    teachers: dict[str, TeacherSpec]
     experiments: dict[str, ExperimentSpec]
     raw: dict = field(repr=False, compare=False, default_factory=dict)
 
@@ -295,7 +307,11 @@ class Params:
         return self.profiles[self.profile].seeds
 
     def method_kind(self, name: str) -> str:
-        return self.raw["methods"][name].get("method", name) if self.raw else name
+        return (self.raw["methods"][name] or {}).get("method", name) if self.raw else name
+
+    def teacher_of(self, method: str) -> str | None:
+        """The pretrained teacher a method's settings name, if any."""
+        return getattr(self.methods[method], "teacher", None) or None
 
 
 SECTIONS = (
@@ -307,6 +323,7 @@ SECTIONS = (
     "models",
     "schedules",
     "methods",
+    "teachers",
     "experiments",
 )
 
@@ -356,6 +373,7 @@ def parse(raw: dict) -> Params:
         models=_section(raw, "models", _model),
         schedules=_section(raw, "schedules", lambda v, w: build(ScheduleSpec, v, w)),
         methods=_section(raw, "methods", _method),
+        teachers=_section(raw, "teachers", lambda v, w: build(TeacherSpec, v, w)),
         experiments=_section(raw, "experiments", lambda v, w: build(ExperimentSpec, v, w)),
         raw=raw,
     )
@@ -364,6 +382,19 @@ def parse(raw: dict) -> Params:
 
 
 def _check_references(p: Params) -> None:
+    for name in p.methods:
+        teacher = p.teacher_of(name)
+        if teacher is not None and teacher not in p.teachers:
+            raise ParamsError(
+                f"methods.{name}.teacher: unknown teacher {teacher!r} "
+                f"(known: {', '.join(p.teachers) or 'none; add a `teachers` section'})"
+            )
+    for name, t in p.teachers.items():
+        for key, section in (("model", p.models), ("schedule", p.schedules), ("method", p.methods)):
+            if getattr(t, key) not in section:
+                raise ParamsError(f"teachers.{name}.{key}: unknown {key} {getattr(t, key)!r}")
+        if p.teacher_of(t.method):
+            raise ParamsError(f"teachers.{name}.method: a teacher's method needs no teacher")
     if p.profile not in p.profiles:
         raise ParamsError(
             f"profile: unknown profile {p.profile!r} (known: {', '.join(p.profiles)})"

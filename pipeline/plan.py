@@ -51,6 +51,36 @@ class Run:
 
 
 RUN_OUTPUTS = ("model.pt", "history.json", "metrics.json")
+TEACHERS = "results/teachers"
+
+
+@dataclass(frozen=True)
+class TeacherRun(Run):
+    """A pretrained teacher (params.yaml `teachers`) on one seed's split: trained like a run
+    of its model, schedule and method, kept apart from the runs it serves."""
+
+    teacher: str = ""
+
+    @property
+    def dir(self) -> str:
+        return teacher_dir(self.teacher, self.dataset, self.noise, self.seed)
+
+    @property
+    def checkpoint(self) -> str:
+        return self.dir.replace(TEACHERS, "results/checkpoints/teachers", 1) + ".pt"
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher}-{self.dataset}-{self.noise}-seed{self.seed}"
+
+
+def teacher_dir(teacher: str, dataset: str, noise: str, seed: int | str) -> str:
+    return f"{TEACHERS}/{dataset}/{noise}/{teacher}/seed{seed}"
+
+
+def teacher_runs(p: Params, teacher: str, dataset: str, noise: str, seeds) -> list[TeacherRun]:
+    t = p.teachers[teacher]
+    return [TeacherRun(dataset, t.model, t.schedule, noise, t.method, s, teacher) for s in seeds]
 
 
 def seeds_arg(seeds: tuple[int, ...]) -> str:
@@ -172,16 +202,49 @@ def train_job(p: Params, cell: Cell) -> Job:
     """Train each seed, then score its model on the test split, in one process (a separate
     evaluate job would cost a second torch start-up per run; `python -m pipeline evaluate`
     re-scores a saved model on demand)."""
+    teacher = p.teacher_of(cell.method)
+    pretrained = (
+        [r.file("model.pt") for r in teacher_runs(p, teacher, cell.dataset, cell.noise, cell.seeds)]
+        if teacher
+        else []
+    )
     return Job(
         f"train-{cell.name}",
         "python -m pipeline train" + cell.args,
         (
             prepared_path(cell.dataset),
             *(split_path(cell.dataset, cell.noise, s) for s in cell.seeds),
+            *pretrained,
         ),
         tuple(cell.outputs),
         (f"models.{cell.model}", f"schedules.{cell.schedule}", f"methods.{cell.method}", "run"),
         committed=tuple(o for o in cell.outputs if o.endswith(".json")),
+    )
+
+
+def pretrain_outputs(teacher: str, dataset: str, noise: str, seeds) -> list[str]:
+    """What a pretrain job writes (names may be Snakemake wildcards)."""
+    dirs = [teacher_dir(teacher, dataset, noise, s) for s in seeds]
+    return [f"{d}/{name}" for d in dirs for name in RUN_OUTPUTS]
+
+
+def pretrain_job(p: Params, teacher: str, dataset: str, noise: str, seeds) -> Job:
+    """Pretrain a teacher on every seed's split; every method that names it reuses it."""
+    t = p.teachers[teacher]
+    outs = tuple(pretrain_outputs(teacher, dataset, noise, seeds))
+    return Job(
+        f"pretrain-{teacher}-{dataset}-{noise}",
+        _cmd("pretrain", teacher=teacher, dataset=dataset, noise=noise, seeds=seeds_arg(seeds)),
+        (prepared_path(dataset), *(split_path(dataset, noise, s) for s in seeds)),
+        outs,
+        (
+            f"teachers.{teacher}",
+            f"models.{t.model}",
+            f"schedules.{t.schedule}",
+            f"methods.{t.method}",
+            "run",
+        ),
+        committed=tuple(o for o in outs if o.endswith(".json")),
     )
 
 
@@ -211,6 +274,25 @@ def weights_job(p: Params, experiment: str) -> Job:
     )
 
 
+def regions_figure_paths(experiment: str) -> list[str]:
+    return [f"results/figures/regions/{experiment}{suffix}.png" for suffix in ("", "_cosine")]
+
+
+def regions_job(p: Params, experiment: str) -> Job:
+    """Two-dimensional data: each method's decision regions, and the cosine of its training
+    and validation gradients over training (MPL Figures 1 and 8)."""
+    outs = tuple(regions_figure_paths(experiment))
+    deps = [r.file(n) for r in runs(p, experiment) for n in ("model.pt", "metrics.json")]
+    return Job(
+        f"regions-{experiment}",
+        _cmd("regions", experiment=experiment),
+        tuple(deps),
+        outs,
+        (f"experiments.{experiment}",),
+        committed=outs,
+    )
+
+
 def cells(p: Params, experiment: str) -> list[Cell]:
     """Every setting of an experiment, in table order."""
     e = p.experiments[experiment]
@@ -228,10 +310,16 @@ def jobs(p: Params) -> list[Job]:
     for name, exp in p.active_experiments.items():
         found = [prepare_job(p, exp.dataset)]
         found += [noise_job(p, exp.dataset, n, p.seeds) for n in exp.noise]
-        found += [train_job(p, cell) for cell in cells(p, name)]
+        for cell in cells(p, name):
+            teacher = p.teacher_of(cell.method)
+            if teacher:
+                found.append(pretrain_job(p, teacher, cell.dataset, cell.noise, cell.seeds))
+            found.append(train_job(p, cell))
         found.append(report_job(p, name))
         if exp.weights_figure:
             found.append(weights_job(p, name))
+        if exp.regions_figure:
+            found.append(regions_job(p, name))
         out.update((j.name, j) for j in found if j.name not in out)
     return list(out.values())
 
@@ -254,8 +342,10 @@ def job_for(p: Params, stage: str, args: dict) -> Job | None:
     make = {
         "prepare": prepare_job,
         "noise": noise_job,
+        "pretrain": pretrain_job,
         "report": report_job,
         "weights": weights_job,
+        "regions": regions_job,
     }.get(stage)
     return make(p, **args) if make else None
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.augment import augment
 from pipeline.config import Params
 from pipeline.core.student import Student, accuracy, cross_entropy
 from pipeline.io import Progress, load_torch, log, save_torch, write_json
@@ -22,7 +23,7 @@ from pipeline.methods import METHODS
 from pipeline.methods.base import Batch, Context
 from pipeline.models import build_model
 from pipeline.noise import generator
-from pipeline.plan import Cell, Run
+from pipeline.plan import Cell, Run, teacher_runs
 from pipeline.task import TaskData, load_task
 
 
@@ -32,23 +33,6 @@ def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(requested)
-
-
-def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random crop (4-pixel zero padding) and horizontal flip, per example, on x's device."""
-    n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    dy, dx = (torch.randint(0, 9, (n,), generator=g) for _ in range(2))
-    rows = (dy[:, None] + torch.arange(h)).to(x.device)
-    cols = (dx[:, None] + torch.arange(w)).to(x.device)
-    out = padded[
-        torch.arange(n, device=x.device)[:, None, None, None],
-        torch.arange(x.shape[1], device=x.device)[None, :, None, None],
-        rows[:, None, :, None],
-        cols[:, None, None, :],
-    ]
-    flip = (torch.rand(n, generator=g) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 def batches(
@@ -67,8 +51,7 @@ def batches(
     for i in range(len(order) // batch_size):
         index = order[i * batch_size : (i + 1) * batch_size].to(data.train_x.device)
         x = data.train_x[index]
-        if augmentation == "crop_flip":
-            x = augment(x, g)
+        x = augment(x, augmentation, g)
         yield Batch(x, data.train_y[index], index)
 
 
@@ -100,12 +83,31 @@ def finetune(student: Student, data: TaskData, steps: int, seed: int) -> dict:
 
 
 def train_cell(p: Params, cell: Cell) -> None:
+    train_runs(p, cell.runs)
+
+
+def train_runs(p: Params, runs: list[Run]) -> None:
     """Train and score every seed; the checkpoints go once all are done, so a killed job
     redoes no finished seed (both engines delete a failed job's outputs, not checkpoints)."""
-    for run in cell.runs:
+    for run in runs:
         train(p, run, keep_checkpoint=True)
-    for run in cell.runs:
+    for run in runs:
         Path(run.checkpoint).unlink(missing_ok=True)
+
+
+def load_pretrained(p: Params, teacher: str, run: Run, data: TaskData, device) -> torch.nn.Module:
+    """The pretrain stage's teacher for this run's split (its final model, frozen)."""
+    (source,) = teacher_runs(p, teacher, run.dataset, run.noise, [run.seed])
+    path = Path(source.file("model.pt"))
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path}: teacher {teacher!r} is not pretrained; run `python -m pipeline pretrain "
+            f"--teacher {teacher} --dataset {run.dataset} --noise {run.noise} --seeds {run.seed}`"
+        )
+    spec = p.models[source.model]
+    model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options).to(device)
+    model.load_state_dict(load_torch(path)["model"])
+    return model.requires_grad_(False).eval()
 
 
 def train(
@@ -127,7 +129,11 @@ def train(
     unlabelled = method_cls.uses_unlabelled
     per_epoch = steps_per_epoch(data, schedule.batch_size, unlabelled)
     student = Student(model, schedule, per_epoch * schedule.epochs)
-    ctx = Context(student, data, schedule, generator("method", seed))
+    teacher_name = p.teacher_of(run.method)
+    pretrained = (
+        {teacher_name: load_pretrained(p, teacher_name, run, data, device)} if teacher_name else {}
+    )
+    ctx = Context(student, data, schedule, generator("method", seed), pretrained)
     teacher = method_cls(p.methods[run.method], ctx)
 
     history: list[dict] = []

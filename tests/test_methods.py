@@ -43,7 +43,12 @@ def make_method(name: str, data: TaskData, arch="preact_resnet", dtype=torch.flo
     model = build_model(arch, data.in_shape, data.num_classes, **options).to(dtype)
     student = Student(model, SCHEDULE, 100)
     cls = METHODS[name]
-    return cls(cls.Settings(**kw), Context(student, data, SCHEDULE, generator("m", 0)))
+    ctx = Context(student, data, SCHEDULE, generator("m", 0))
+    if "teacher" in cls.Settings.__dataclass_fields__:  # a pretrained teacher: a small MLP
+        kw.setdefault("teacher", "pretrained")
+        teacher = build_model("mlp", data.in_shape, data.num_classes, hidden=[16]).to(dtype)
+        ctx.pretrained[kw["teacher"]] = teacher.requires_grad_(False).eval()
+    return cls(cls.Settings(**kw), ctx)
 
 
 def batch_of(data: TaskData, start: int, n: int = 32) -> Batch:

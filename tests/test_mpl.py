@@ -30,9 +30,8 @@ def recording(method) -> list:
 
 
 def fixed_labelled_batch(method, data, n: int = 40):
-    vx, vy = data.val_x[:n], data.val_y[:n]
-    method.val_batch = lambda size=None: (vx, vy)
-    return vx, vy
+    method.val_index = lambda size=None: torch.arange(n)
+    return data.val_x[:n], data.val_y[:n]
 
 
 def test_exact_teacher_gradient_is_double_backward_through_the_step(few64):

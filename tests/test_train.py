@@ -86,3 +86,60 @@ def test_erm_learns_and_is_scored_on_test(prepared):
 def test_unknown_name_on_the_command_line(prepared, capsys):
     assert main(["train", "--noise", "uniform45", *RUN_ARGS, "--seeds", "0"]) == 2
     assert "--noise uniform45" in capsys.readouterr().err
+
+
+@pytest.fixture
+def with_teacher(workdir, tiny_raw):
+    """The tiny params with a teacher pretrained for two methods that share it."""
+    import yaml
+
+    tiny_raw["teachers"] = {"big": {"model": "mlp", "schedule": "short", "method": "erm"}}
+    tiny_raw["methods"].update(
+        noisy_student={"teacher": "big", "augment": "none"}, reduced_mpl={"teacher": "big"}
+    )
+    tiny_raw["experiments"]["tiny"]["methods"] = ["erm", "noisy_student", "reduced_mpl"]
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+    assert main(["prepare", "--dataset", "digits"]) == 0
+    assert main(["noise", "--dataset", "digits", "--noise", "clean", "--seeds", "0"]) == 0
+    return load("params.yaml")
+
+
+def test_a_pretrained_teacher_is_one_job_reused_by_every_method(with_teacher, capsys):
+    p = with_teacher
+    pretrains = [j for j in plan.jobs(p) if j.name.startswith("pretrain-")]
+    assert [j.name for j in pretrains] == [
+        "pretrain-big-digits-clean",
+        "pretrain-big-digits-uniform40",
+    ]
+    teacher_model = "results/teachers/digits/clean/big/seed0/model.pt"
+    assert teacher_model in pretrains[0].outs
+    needs = {
+        m: plan.train_job(p, plan.Cell("digits", "mlp", "short", "clean", m, p.seeds)).deps
+        for m in ("erm", "noisy_student", "reduced_mpl")
+    }
+    assert teacher_model not in needs["erm"]
+    assert teacher_model in needs["noisy_student"] and teacher_model in needs["reduced_mpl"]
+
+    args = ["--model", "mlp", "--schedule", "short", "--noise", "clean", "--seeds", "0"]
+    assert main(["train", "--dataset", "digits", "--method", "noisy_student", *args]) == 2
+    assert "teacher 'big' is not pretrained" in capsys.readouterr().err
+    teacher_args = ["--teacher", "big", "--dataset", "digits", "--noise", "clean", "--seeds", "0"]
+    assert main(["pretrain", *teacher_args]) == 0
+    assert read_json(Path(teacher_model).with_name("metrics.json"))["test"]["accuracy"] > 80
+    for method in ("noisy_student", "reduced_mpl"):
+        assert main(["train", "--dataset", "digits", "--method", method, *args]) == 0
+        run = plan.Run("digits", "mlp", "short", "clean", method, 0)
+        assert read_json(run.file("metrics.json"))["test"]["accuracy"] > 50
+
+
+def test_teacher_references_are_checked(tiny_raw):
+    from pipeline.config import ParamsError, parse
+
+    tiny_raw["methods"]["noisy_student"] = {"teacher": "missing"}
+    with pytest.raises(ParamsError, match="methods.noisy_student.teacher: unknown teacher"):
+        parse(tiny_raw)
+    tiny_raw["teachers"] = {
+        "missing": {"model": "mlp", "schedule": "short", "method": "noisy_student"}
+    }
+    with pytest.raises(ParamsError, match="teachers.missing.method: a teacher's method needs no"):
+        parse(tiny_raw)

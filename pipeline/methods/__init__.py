@@ -24,6 +24,8 @@ from pipeline.methods.l2rw_baselines import (
 from pipeline.methods.loss_baselines import LargeMargin, Smooth01
 from pipeline.methods.mpl import MetaPseudoLabels
 from pipeline.methods.mwn import MetaWeightNet
+from pipeline.methods.reduced_mpl import NoisyStudent, ReducedMPL
+from pipeline.methods.semi_supervised import UDA, PseudoLabel
 from pipeline.methods.spl import SelfPaced
 
 METHODS = {
@@ -44,4 +46,8 @@ METHODS = {
     "smooth_01": Smooth01,
     "large_margin": LargeMargin,
     "mpl": MetaPseudoLabels,
+    "pseudo_label": PseudoLabel,
+    "uda": UDA,
+    "reduced_mpl": ReducedMPL,
+    "noisy_student": NoisyStudent,
 }

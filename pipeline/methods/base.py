@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from torch.func import functional_call
 
 from pipeline.config import ScheduleSpec
+from pipeline.core.meta import buffer_copies, params_of
 from pipeline.core.student import Student
 from pipeline.task import TaskData
 
@@ -27,6 +30,9 @@ class Context:
     data: TaskData
     schedule: ScheduleSpec
     generator: torch.Generator
+    # pretrained teachers by params.yaml `teachers` name (the pretrain stage's models), for a
+    # method whose settings name one in `teacher`
+    pretrained: dict[str, torch.nn.Module] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -53,16 +59,33 @@ class Method:
         """One training step; returns detached scalars to log (averaged over an epoch)."""
         raise NotImplementedError
 
-    def val_batch(self, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A random batch of the clean validation split (the teacher's data)."""
+    def val_index(self, size: int | None = None) -> torch.Tensor:
+        """Positions of a random batch of the clean validation split (the teacher's data)."""
         data = self.ctx.data
         size = min(
             size or self.ctx.schedule.val_batch_size or self.ctx.schedule.batch_size,
             len(data.val_y),
         )
         index = torch.randperm(len(data.val_y), generator=self.ctx.generator)[:size]
-        index = index.to(data.val_y.device)
-        return data.val_x[index], data.val_y[index]
+        return index.to(data.val_y.device)
+
+    def val_batch(self, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A random batch of the clean validation split (the teacher's data)."""
+        index = self.val_index(size)
+        return self.ctx.data.val_x[index], self.ctx.data.val_y[index]
+
+    def gradient_cosine(
+        self, train_loss: torch.Tensor, vx: torch.Tensor, vy: torch.Tensor
+    ) -> torch.Tensor:
+        """Cosine similarity of the student's gradient of `train_loss` (its graph kept) and of
+        its cross entropy on the labelled batch (vx, vy): MPL Figure 8. Buffers untouched."""
+        model = self.student.model
+        params = params_of(model)
+        train = torch.autograd.grad(train_loss, list(params.values()), retain_graph=True)
+        out = functional_call(model, (params, buffer_copies(model)), (vx,))
+        val = torch.autograd.grad(F.cross_entropy(out, vy), list(params.values()))
+        flat = [torch.cat([g.reshape(-1) for g in grads]) for grads in (train, val)]
+        return F.cosine_similarity(*flat, dim=0).detach()
 
     def state_dict(self) -> dict:
         """Method state beyond the student (a teacher, its optimiser) for resuming."""

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from pipeline.augment import augment
 from pipeline.core.student import cross_entropy
 from pipeline.methods.base import Batch, Method, MethodSettings
 
@@ -147,10 +148,23 @@ class Bootstrap(Method):
 
 
 class CleanOnly(Method):
-    """CLEAN ONLY: cross entropy on the clean validation split alone (same number of steps)."""
+    """CLEAN ONLY: cross entropy on the clean validation split alone (same number of steps).
+    In a few-label split (MPL's setting) that split is the labelled set, so this is the
+    supervised baseline; `label_smoothing` and `augment` (pipeline/augment.py) give MPL
+    Table 1's "Label Smoothing" and "RandAugment" rows. Its step count is that of a method
+    that also reads the unlabelled examples, so it is compared at an equal number of steps."""
+
+    uses_unlabelled = True
+
+    @dataclass(frozen=True)
+    class Settings(MethodSettings):
+        label_smoothing: float = 0.0
+        augment: Literal["none", "crop_flip", "randaugment"] = "none"
 
     def step(self, batch: Batch):
         x, y = self.val_batch(len(batch.y))
-        loss = cross_entropy(self.student.model(x), y).mean()
+        x = augment(x, self.settings.augment, self.ctx.generator)
+        logits = self.student.model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.settings.label_smoothing)
         self.student.update(loss)
         return {"loss": loss.detach()}

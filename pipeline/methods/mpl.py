@@ -18,7 +18,16 @@ Two teacher gradients (`route`):
   helped, so the teacher makes them likelier). It needs one labelled forward before and one
   after the student's step and no derivative through the student; it is an estimate, while
   `exact` is the true gradient of R(theta') for soft labels.
-The teacher's optimiser is SGD with (Nesterov) momentum, as the student's (Appendix B).
+The teacher's optimiser is SGD with (Nesterov) momentum, as the student's (Appendix B), or
+Adam. Dropout on both networks: the student's rate is its model spec's `dropout`; the teacher,
+a fresh copy of the student's architecture, has the same rate or `teacher_dropout`.
+
+Pairings of Table 1: `augment: randaugment` feeds teacher and student the same strong
+augmentation of the unlabelled batch, and the teacher's supervised batch too (RandAugment +
+MPL); `uda_weight` > 0 adds UDA's consistency loss (the unaugmented batch as the weak view) to
+the teacher's objective (UDA + MPL). `gradient_cosine` logs the cosine of the student's
+training and validation gradients (Figure 8). ReducedMPL (reduced_mpl.py) reuses this class
+with another teacher.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from pipeline.augment import augment
 from pipeline.core.meta import (
     buffer_copies,
     lookahead_direction,
@@ -39,6 +49,7 @@ from pipeline.core.meta import (
     teacher_surrogate,
 )
 from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.semi_supervised import uda_consistency
 from pipeline.models import fresh_copy
 
 
@@ -50,11 +61,19 @@ class MetaPseudoLabels(Method):
         route: Literal["exact", "first_order"] = "exact"
         pseudo_labels: Literal["soft", "hard"] = "soft"
         temperature: float = 1.0
+        teacher_optimizer: Literal["sgd", "adam"] = "sgd"
         teacher_lr: float = 0.05
         teacher_momentum: float = 0.9
         nesterov: bool = True
+        teacher_weight_decay: float = 0.0
+        teacher_dropout: float | None = None  # None: the student's architecture's rate
         supervised_weight: float = 1.0  # the teacher's own cross entropy on labelled data
         val_batch_size: int | None = None
+        augment: Literal["none", "randaugment"] = "none"
+        uda_weight: float = 0.0  # UDA + MPL: the teacher's consistency loss
+        uda_temperature: float = 0.4
+        uda_threshold: float = 0.8
+        gradient_cosine: bool = False
 
         def check(self, where: str) -> None:
             from pipeline.config import ParamsError
@@ -68,17 +87,39 @@ class MetaPseudoLabels(Method):
                 )
             if self.temperature <= 0:
                 raise ParamsError(f"{where}.temperature: must be > 0")
+            if self.uda_weight > 0 and self.augment == "none":
+                raise ParamsError(f"{where}.uda_weight: UDA needs a strong view (augment)")
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)
-        seed = int(torch.randint(2**31, (1,), generator=ctx.generator))
-        self.teacher = fresh_copy(ctx.student.model, seed)
-        self.optimizer = torch.optim.SGD(
-            self.teacher.parameters(),
-            lr=settings.teacher_lr,
-            momentum=settings.teacher_momentum,
-            nesterov=settings.nesterov,
-        )
+        self.teacher = self.make_teacher()
+        s = settings
+        if s.teacher_optimizer == "adam":
+            self.optimizer = torch.optim.Adam(
+                self.teacher.parameters(), lr=s.teacher_lr, weight_decay=s.teacher_weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.SGD(
+                self.teacher.parameters(),
+                lr=s.teacher_lr,
+                momentum=s.teacher_momentum,
+                nesterov=s.nesterov,
+                weight_decay=s.teacher_weight_decay,
+            )
+
+    def make_teacher(self) -> torch.nn.Module:
+        """A freshly initialised network of the student's architecture."""
+        seed = int(torch.randint(2**31, (1,), generator=self.ctx.generator))
+        teacher = fresh_copy(self.student.model, seed)
+        if self.settings.teacher_dropout is not None:
+            for module in teacher.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = self.settings.teacher_dropout
+        return teacher
+
+    def teacher_input(self, x: torch.Tensor, index: torch.Tensor, split: str) -> torch.Tensor:
+        """What the teacher reads for these examples of `split` (train or val)."""
+        return x
 
     def pseudo_labels(self, teacher_logits: torch.Tensor) -> torch.Tensor:
         """Target distributions: the teacher's softmax, or one-hot samples from it."""
@@ -95,16 +136,33 @@ class MetaPseudoLabels(Method):
             out = functional_call(model, (params_of(model), buffer_copies(model)), (x,))
             return F.cross_entropy(out, y)
 
+    def teacher_logits(self, batch: Batch, x_u: torch.Tensor, vx, v_index) -> list:
+        """The teacher's logits on the student's unlabelled batch, the labelled batch and (for
+        UDA) the unaugmented unlabelled batch, in one forward (one batch-norm update)."""
+        s, g = self.settings, self.ctx.generator
+        parts = [
+            self.teacher_input(x_u, batch.index, "train"),
+            self.teacher_input(augment(vx, s.augment, g), v_index, "val"),
+        ]
+        if s.uda_weight > 0:
+            parts.append(self.teacher_input(batch.x, batch.index, "train"))
+        logits = self.teacher(torch.cat(parts))
+        return list(logits.split([len(t) for t in parts]))
+
     def step(self, batch: Batch):
         s, student = self.settings, self.student
-        model, x_u = student.model, batch.x
-        vx, vy = self.val_batch(s.val_batch_size)
-        teacher_logits = self.teacher(torch.cat([x_u, vx]))  # one forward: one BN update
-        t_u, t_l = teacher_logits[: len(x_u)], teacher_logits[len(x_u) :]
+        model = student.model
+        x_u = augment(batch.x, s.augment, self.ctx.generator)
+        v_index = self.val_index(s.val_batch_size)
+        vx, vy = self.ctx.data.val_x[v_index], self.ctx.data.val_y[v_index]
+        t_u, t_l, *t_weak = self.teacher_logits(batch, x_u, vx, v_index)
         q = self.pseudo_labels(t_u)
 
         logits = model(x_u)
         loss = targets_loss(logits, q.detach()).sum()
+        logged = {"loss": loss.detach()}
+        if s.gradient_cosine:
+            logged["grad_cosine"] = self.gradient_cosine(loss, vx, vy)
         if s.route == "exact":
             params = params_of(model)
             grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True)
@@ -126,10 +184,15 @@ class MetaPseudoLabels(Method):
             meta = (r_before - r_after) * -(q * F.log_softmax(t_u, 1)).sum(1).mean()
 
         supervised = F.cross_entropy(t_l, vy)
+        teacher_loss = meta + s.supervised_weight * supervised
+        if t_weak:
+            uda = uda_consistency(t_weak[0], t_u, s.uda_temperature, s.uda_threshold)
+            teacher_loss = teacher_loss + s.uda_weight * uda
+            logged["teacher_uda"] = uda.detach()
         self.optimizer.zero_grad(set_to_none=True)
-        (meta + s.supervised_weight * supervised).backward()
+        teacher_loss.backward()
         self.optimizer.step()
-        return {"loss": loss.detach(), "val_loss": r_after.detach(), "teacher_ce": supervised}
+        return {**logged, "val_loss": r_after.detach(), "teacher_ce": supervised.detach()}
 
     def state_dict(self) -> dict:
         return {"teacher": self.teacher.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -8,6 +8,7 @@ wildcard_constraints:
     experiment=r"[A-Za-z][A-Za-z0-9_-]*",
     model=r"[A-Za-z][A-Za-z0-9_-]*",
     schedule=r"[A-Za-z][A-Za-z0-9_-]*",
+    teacher=r"[A-Za-z][A-Za-z0-9_-]*",
 
 
 def settings(job):

@@ -30,3 +30,18 @@ rule weights:
         settings=lambda wc: settings(plan.weights_job(P, wc.experiment)),
     shell:
         "python -m pipeline weights --experiment {wildcards.experiment}"
+
+
+rule regions:
+    input:
+        lambda wc: plan.regions_job(P, wc.experiment).deps,
+    output:
+        plan.regions_figure_paths("{experiment}"),
+    log:
+        plan.log_path("regions", "{experiment}"),
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        settings=lambda wc: settings(plan.regions_job(P, wc.experiment)),
+    shell:
+        "python -m pipeline regions --experiment {wildcards.experiment}"

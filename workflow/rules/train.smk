@@ -22,3 +22,27 @@ rule train:
         "python -m pipeline train --dataset {wildcards.dataset} --model {wildcards.model}"
         " --schedule {wildcards.schedule} --noise {wildcards.noise}"
         " --method {wildcards.method} --seeds {params.seeds}"
+
+
+# Pretrain a teacher that a method names (params.yaml `teachers`) on every seed's split; each
+# method and experiment that needs it reuses the same models.
+rule pretrain:
+    input:
+        lambda wc: plan.pretrain_job(P, wc.teacher, wc.dataset, wc.noise, P.seeds).deps,
+    output:
+        plan.pretrain_outputs("{teacher}", "{dataset}", "{noise}", P.seeds),
+    log:
+        plan.log_path("pretrain", "{teacher}-{dataset}-{noise}"),
+    conda:
+        "../envs/pipeline.yaml"
+    threads: P.run.threads
+    resources:
+        gpu=1,
+    params:
+        settings=lambda wc: settings(
+            plan.pretrain_job(P, wc.teacher, wc.dataset, wc.noise, P.seeds)
+        ),
+        seeds=SEEDS,
+    shell:
+        "python -m pipeline pretrain --teacher {wildcards.teacher} --dataset {wildcards.dataset}"
+        " --noise {wildcards.noise} --seeds {params.seeds}"
