@@ -14,6 +14,7 @@ import torch
 
 from pipeline import plan
 from pipeline.config import Params
+from pipeline.core.student import predict
 from pipeline.io import atomic_path, load_torch, read_json
 from pipeline.models import build_model
 from pipeline.report import mean_ci95
@@ -46,7 +47,7 @@ def regions_figures(p: Params, experiment: str) -> None:
         model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options)
         model.load_state_dict(load_torch(run.file("model.pt"))["model"])
         with torch.no_grad():
-            regions = model.eval()(grid).argmax(1).reshape(GRID, GRID)
+            regions = predict(model, grid).argmax(1).reshape(GRID, GRID)
         ax.contourf(xx, yy, regions, levels=[-0.5, 0.5, 1.5], colors=["#f4b6b6", "#b9e4b9"])
         colours = ["#c0392b", "#1e8449"]
         for c in range(2):

@@ -123,8 +123,8 @@ def test_gradient_cosine_is_the_cosine_of_the_two_gradients(few64):
     model = method.student.model
     x = batch_of(few64, 0).x
     loss = -F.log_softmax(model(x), 1)[:, 0].mean()
-    got = method.gradient_cosine(loss, few64.val_x, few64.val_y)
     params = list(model.parameters())
+    got = method.gradient_cosine(torch.autograd.grad(loss, params), few64.val_x, few64.val_y)
     a = torch.autograd.grad(-F.log_softmax(model(x), 1)[:, 0].mean(), params)
     b = torch.autograd.grad(F.cross_entropy(model(few64.val_x), few64.val_y), params)
     flat = [torch.cat([g.reshape(-1) for g in grads]) for grads in (a, b)]

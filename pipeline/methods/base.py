@@ -74,17 +74,15 @@ class Method:
         index = self.val_index(size)
         return self.ctx.data.val_x[index], self.ctx.data.val_y[index]
 
-    def gradient_cosine(
-        self, train_loss: torch.Tensor, vx: torch.Tensor, vy: torch.Tensor
-    ) -> torch.Tensor:
-        """Cosine similarity of the student's gradient of `train_loss` (its graph kept) and of
-        its cross entropy on the labelled batch (vx, vy): MPL Figure 8. Buffers untouched."""
+    def gradient_cosine(self, train_grads, vx: torch.Tensor, vy: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of the student's training gradient (`train_grads`, one tensor per
+        parameter) and of its cross-entropy gradient on the labelled batch (vx, vy): MPL
+        Figure 8. Buffers untouched."""
         model = self.student.model
         params = params_of(model)
-        train = torch.autograd.grad(train_loss, list(params.values()), retain_graph=True)
         out = functional_call(model, (params, buffer_copies(model)), (vx,))
         val = torch.autograd.grad(F.cross_entropy(out, vy), list(params.values()))
-        flat = [torch.cat([g.reshape(-1) for g in grads]) for grads in (train, val)]
+        flat = [torch.cat([g.reshape(-1) for g in grads]) for grads in (train_grads, val)]
         return F.cosine_similarity(*flat, dim=0).detach()
 
     def state_dict(self) -> dict:

@@ -161,11 +161,12 @@ class MetaPseudoLabels(Method):
         logits = model(x_u)
         loss = targets_loss(logits, q.detach()).sum()
         logged = {"loss": loss.detach()}
-        if s.gradient_cosine:
-            logged["grad_cosine"] = self.gradient_cosine(loss, vx, vy)
-        if s.route == "exact":
-            params = params_of(model)
+        params = params_of(model)
+        if s.route == "exact" or s.gradient_cosine:  # one gradient serves both
             grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True)
+        if s.gradient_cosine:
+            logged["grad_cosine"] = self.gradient_cosine(grads, vx, vy)
+        if s.route == "exact":
             direction, r_after = lookahead_direction(
                 model,
                 student.rule(),

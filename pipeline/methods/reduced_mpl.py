@@ -26,18 +26,15 @@ from torch import nn
 
 from pipeline.augment import augment
 from pipeline.core.meta import targets_loss
+from pipeline.core.student import predict
 from pipeline.methods.base import Batch, Method, MethodSettings
 from pipeline.methods.mpl import MetaPseudoLabels
 
 
 @torch.no_grad()
-def distributions(model: nn.Module, x: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+def distributions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's class distributions on x, in evaluation mode (no dropout)."""
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(x[i : i + chunk]).softmax(1) for i in range(0, len(x), chunk)])
-    model.train(was_training)
-    return out
+    return predict(model, x).softmax(1)
 
 
 def _require_teacher(where: str, teacher: str) -> None:

@@ -58,7 +58,9 @@ class PseudoLabel(Method):
         loss = F.cross_entropy(labelled, vy) + s.weight * ramp * pseudo
         logged = {"loss": loss.detach(), "pseudo_loss": pseudo.detach(), "mask": mask.mean()}
         if s.gradient_cosine:
-            logged["grad_cosine"] = self.gradient_cosine(pseudo, vx, vy)
+            params = list(student.model.parameters())
+            grads = torch.autograd.grad(pseudo, params, retain_graph=True)
+            logged["grad_cosine"] = self.gradient_cosine(grads, vx, vy)
         student.update(loss)
         return logged
 
