@@ -119,15 +119,16 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--suite",
         default="steps",
-        choices=["steps", "reverse"],
-        help="steps: each method's step vs ERM; reverse: DIR's teacher update vs B",
+        choices=["steps", "distill", "reverse"],
+        help="steps: each method's step vs ERM; distill: the distillation methods on text "
+        "(LGTM Table 3); reverse: DIR's teacher update vs B",
     )
     parser.add_argument(
         "--cases",
         help="model:batch list, e.g. resnet32:512,wrn_28_10:100 (default: a CPU or a GPU set)",
     )
     parser.add_argument(
-        "--steps", type=int, default=20, help="timed steps per measurement (steps suite)"
+        "--steps", type=int, default=20, help="timed steps per measurement (steps, distill)"
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", default="results/bench", help="output folder")

@@ -4,6 +4,9 @@ steps: time per student step (the mean, so that a teacher update every K steps i
     and peak memory of each method relative to ERM: same model, batch size (training and
     validation batches equal) and device; the double-backward reference of L2RW's meta-gradient
     runs beside the fast routes. Writes results/bench/steps_<device>.csv and .png.
+distill: the same for the distillation methods on text (LGTM Table 3: the influence by finite
+    differences against the exact JVP): MiniLM-L3 student, MiniLM-L6 teacher, random token ids
+    (the cost does not depend on the text). Writes results/bench/distill_<device>.csv.
 reverse: reverse mode through many steps. DIR's teacher update (Algorithm 1) against B, the
     steps differentiated back, and a DLF teacher optimisation step (T student steps, then T
     back) against T, running momentum SGD backwards or keeping every theta_t (`stored`): time
@@ -40,6 +43,7 @@ MODELS = {  # name -> (arch, options, input shape)
     "lenet": ("lenet", {}, (1, 28, 28)),
     "resnet32": ("preact_resnet", {"depth": 32}, (3, 32, 32)),
     "wrn_28_10": ("wrn", {"depth": 28, "widen": 10, "dropout": 0.3}, (3, 32, 32)),
+    "minilm_l3": ("text_bert", {"weights": "minilm_l3"}, (32,)),  # 32 token ids
 }
 VARIANTS = {  # row name -> (method, settings)
     "erm": ("erm", {}),
@@ -49,12 +53,23 @@ VARIANTS = {  # row name -> (method, settings)
     "mwn": ("mwn", {}),
     "dir": ("dir", {"interval": 20, "back": 2}),
 }
+TEACHER = {"teacher": "minilm_l6"}
+DISTILL_VARIANTS = {  # erm is the student fine-tuned alone (student_ft)
+    "erm": ("erm", {}),
+    "kd": ("kd", TEACHER),
+    "dml": ("dml", TEACHER),
+    "meta_distill": ("meta_distill", TEACHER),
+    "lgtm_fd": ("lgtm", TEACHER),
+    "lgtm_jvp": ("lgtm", {**TEACHER, "influence": "jvp"}),
+}
+SUITE_VARIANTS = {"steps": VARIANTS, "distill": DISTILL_VARIANTS}
 BACKS = (1, 2, 5, 10)  # the reverse suite's B for DIR (with K = B: one update per window)
 LENGTHS = (25, 50, 100, 200)  # and its T for a DLF teacher optimisation step
 REVERSE = [("dir", b) for b in BACKS] + [
     (f"dlf_{how}", t) for how in ("momentum", "stored") for t in LENGTHS
 ]
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
+DISTILL_CASES = {"cpu": "minilm_l3:16", "cuda": "minilm_l3:32"}
 
 
 def _rss_mb() -> float:
@@ -66,13 +81,19 @@ def _setup(model_name: str, batch: int, kind: str, settings: dict, steps: int, d
     arch, options, shape = MODELS[model_name]
     torch.manual_seed(0)
     dev = torch.device(device)
-    n = batch * 4
-    x = torch.randn(n, *shape, device=dev)
-    y = torch.randint(0, 10, (n,), device=dev)
-    data = TaskData(x, y, y, x[:batch], y[:batch], x[:1], y[:1], 10, [str(c) for c in range(10)])
-    model = build_model(arch, shape, 10, **options).to(dev)
+    n, classes = batch * 4, 2 if arch == "text_bert" else 10
+    if arch == "text_bert":
+        x = torch.randint(1000, 20000, (n, *shape), device=dev)
+    else:
+        x = torch.randn(n, *shape, device=dev)
+    y = torch.randint(0, classes, (n,), device=dev)
+    data = TaskData(x, y, y, x[:batch], y[:batch], x[:1], y[:1], classes, list("ab"))
+    model = build_model(arch, shape, classes, **options).to(dev)
     schedule = ScheduleSpec(epochs=1, batch_size=batch, lr=0.1, momentum=0.9, weight_decay=5e-4)
     ctx = Context(Student(model, schedule, steps + 2), data, schedule, generator("bench"))
+    if "teacher" in settings:
+        teacher = build_model(arch, shape, classes, weights=settings["teacher"]).to(dev)
+        ctx.pretrained[settings["teacher"]] = teacher.requires_grad_(False).eval()
     method = METHODS[kind](METHODS[kind].Settings(**settings), ctx)
 
     def one_step(i: int) -> None:
@@ -104,7 +125,7 @@ def _peak(dev: torch.device, base: float) -> float:
 
 def measure(model_name: str, batch: int, variant: str, steps: int, device: str) -> dict:
     """Mean time per step and peak memory of one method, in this process."""
-    kind, settings = VARIANTS[variant]
+    kind, settings = {**VARIANTS, **DISTILL_VARIANTS}[variant]
     method, one_step, dev = _setup(model_name, batch, kind, settings, steps, device)
     one_step(0)  # warm-up: allocator, kernels, momentum buffers
     base = _reset_peak(dev)
@@ -181,15 +202,17 @@ def run(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
-    for case in (cases or DEFAULT_CASES[device]).split(","):
+    defaults = DISTILL_CASES if suite == "distill" else DEFAULT_CASES
+    for case in (cases or defaults[device]).split(","):
         model_name, batch = case.split(":")
         if model_name not in MODELS:
             raise ValueError(f"bench: unknown model {model_name!r} (known: {', '.join(MODELS)})")
-        items = [(v, steps) for v in VARIANTS] if suite == "steps" else reverse
+        timed = SUITE_VARIANTS.get(suite)
+        items = [(v, steps) for v in timed] if timed else reverse
         for method, count in items:
             row = _in_fresh_process(suite, model_name, batch, method, str(count), device)
             rows.append(row)
-            if suite == "steps":
+            if timed:
                 cost = f"{row['ms_per_step']:.1f} ms/step"
             else:
                 cost = f"{count} steps back: {row['ms']:.0f} ms"
@@ -198,7 +221,7 @@ def run(
                 f"peak {row['peak_mb']:.0f} MB",
                 flush=True,
             )
-    if suite == "steps":
+    if suite in SUITE_VARIANTS:
         for row in rows:
             erm = next(
                 r
@@ -253,7 +276,7 @@ def write_outputs(rows: list[dict], out_dir: Path, suite: str, device: str) -> N
 
 if __name__ == "__main__":  # one measurement, in its own process (see `run`)
     suite, name, batch, item, steps, device = sys.argv[1:]
-    if suite == "steps":
+    if suite in SUITE_VARIANTS:
         print(json.dumps(measure(name, int(batch), item, int(steps), device)))
     else:
         print(json.dumps(measure_reverse(name, int(batch), item, int(steps), device)))

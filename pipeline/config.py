@@ -101,6 +101,14 @@ DATASET_SOURCES = (
     "cifar100",
     "svhn",
     "mnist",
+    "rotten_tomatoes",
+    "bbc_news",
+    "glue_sst2",
+    "glue_mrpc",
+    "glue_rte",
+    "glue_mnli",
+    "glue_qnli",
+    "glue_qqp",
 )
 
 
@@ -112,11 +120,12 @@ class DatasetSpec:
     test_size: int | None = None
     size: int = 2000  # two moons: number of points
     noise: float = 0.1  # two moons: Gaussian noise of the points
-    download: bool = False  # opt-in torchvision download
+    download: bool = False  # opt-in download (torchvision sets, GLUE)
+    max_length: int = 64  # text: tokens per example (truncated, padded)
     root: str | None = None  # where the source's files are; None: the source's default
 
     def check(self, where: str) -> None:
-        _positive(where, test_size=self.test_size, size=self.size)
+        _positive(where, test_size=self.test_size, size=self.size, max_length=self.max_length)
 
 
 NOISE_FIELDS = {  # kind -> fields it requires beyond the split
@@ -179,7 +188,7 @@ class NoiseSpec:
 class ModelSpec:
     """An architecture of pipeline/models.py and its options (checked when the model is built)."""
 
-    arch: Literal["mlp", "lenet", "preact_resnet", "wrn"]
+    arch: Literal["mlp", "lenet", "preact_resnet", "wrn", "text_bert"]
     options: dict = field(default_factory=dict)
 
 
@@ -232,6 +241,9 @@ class ExperimentSpec:
     early_stopping: bool = False  # also report each method's best-on-validation epoch (+ES)
     weights_figure: bool = False  # a figure of the weights a reweighting method gave
     regions_figure: bool = False  # two-dimensional data: decision regions, gradient cosine
+    # the experiment's figure shows validation curves of student and teacher over epochs
+    # (LGTM Figure 2) instead of test accuracy per noise setting
+    curves_figure: bool = False
     # variants of one method (e.g. focal_g05, focal_g1, focal_g2): an extra row
     # "<name before the first _> (val-chosen)" takes, per seed, the best on validation
     choose_on_validation: tuple[str, ...] = ()

@@ -227,13 +227,18 @@ ARCHITECTURES: dict[str, type[_Student]] = {  # the arch names of params.yaml
 
 
 def build_model(arch: str, in_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
-    """The `arch` network for examples of shape `in_shape` ((C, H, W) or (D,)); `options` are the
-    class's remaining keyword arguments (e.g. depth, width, hidden, dropout)."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    cls = ARCHITECTURES[arch]
+    """The `arch` network for examples of shape `in_shape` ((C, H, W), (D,) or token ids (L,));
+    `options` are the class's remaining keyword arguments (e.g. depth, width, hidden, dropout)."""
+    if arch not in ARCHITECTURES and arch != "text_bert":
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHITECTURES)}, text_bert")
+    if arch == "text_bert":  # imported here: transformers loads only for text runs
+        from pipeline.text_models import TextClassifier as cls
+    else:
+        cls = ARCHITECTURES[arch]
     in_shape = tuple(in_shape)
-    if cls is MLP:
+    if arch == "text_bert":
+        derived = {"max_length": in_shape[0]}
+    elif cls is MLP:
         derived: dict = {"in_features": math.prod(in_shape)}
     elif len(in_shape) != 3:
         raise ValueError(f"arch {arch!r} needs image inputs of shape (C, H, W), got {in_shape}")

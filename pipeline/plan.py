@@ -251,10 +251,11 @@ def pretrain_job(p: Params, teacher: str, dataset: str, noise: str, seeds) -> Jo
 def report_job(p: Params, experiment: str) -> Job:
     exp = p.experiments[experiment]
     outs = (*table_paths(experiment), figure_path(experiment))
+    read = ("metrics.json", "history.json") if exp.curves_figure else ("metrics.json",)
     return Job(
         f"report-{experiment}",
         _cmd("report", experiment=experiment),
-        tuple(r.file("metrics.json") for r in runs(p, experiment)),
+        tuple(r.file(name) for r in runs(p, experiment) for name in read),
         outs,
         (f"experiments.{experiment}", *(f"noise.{n}" for n in exp.noise)),
         committed=outs,

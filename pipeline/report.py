@@ -166,12 +166,59 @@ def figure(
     plt.close(fig)
 
 
+CURVES = (  # history key, panel title (LGTM Figure 2)
+    ("student_val_loss", "student: validation loss"),
+    ("val_acc", "student: validation accuracy"),
+    ("teacher_val_loss", "teacher: validation loss"),
+    ("teacher_val_acc", "teacher: validation accuracy"),
+)
+
+
+def curves_figure(p: Params, experiment: str, path: str) -> None:
+    """Validation loss and accuracy of student and teacher after each epoch, mean over seeds,
+    for the methods whose histories record them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    exp = p.experiments[experiment]
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(13, 3), dpi=100)
+    for method in exp.methods:
+        histories = [
+            [r for r in read_json(run.file("history.json")) if "epoch" in r]
+            for run in plan.runs(p, experiment)
+            if run.method == method
+        ]
+        for ax, (key, title) in zip(axes, CURVES, strict=True):
+            if key not in histories[0][0]:
+                continue
+            epochs = [r["epoch"] for r in histories[0]]
+            mean = [sum(h[i][key] for h in histories) / len(histories) for i in range(len(epochs))]
+            ax.plot(epochs, mean, marker="o", label=method)
+            ax.set_title(title, fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(exp.title or experiment, fontsize=9)
+    fig.tight_layout()
+    from pipeline.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
 def report(p: Params, experiment: str) -> pd.DataFrame:
     summary = summarise(collect(p, experiment))
     csv_path, md_path = plan.table_paths(experiment)
     write_text(summary.to_csv(index=False, float_format="%.2f", lineterminator="\n"), csv_path)
     write_text(markdown(p, experiment, summary), md_path)
-    figure(p, experiment, summary, plan.figure_path(experiment))
+    if p.experiments[experiment].curves_figure:
+        curves_figure(p, experiment, plan.figure_path(experiment))
+    else:
+        figure(p, experiment, summary, plan.figure_path(experiment))
     return summary
 
 

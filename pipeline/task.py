@@ -1,7 +1,8 @@
 """A run's data, resident on its device: the prepared dataset cut by the noise stage's split.
 
-Images become float tensors normalised with the training split's per-channel mean and std, once,
-so the training loop only indexes tensors (no DataLoader, no per-step host-device copies).
+Images become float tensors normalised with the training split's per-channel mean and std, once
+(token ids stay int64), so the training loop only indexes tensors (no DataLoader, no per-step
+host-device copies).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ class TaskData:
 
 
 def normalise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Scale uint8 images to [0, 1] and standardise per channel (per feature for vectors)."""
+    """Scale uint8 images to [0, 1] and standardise per channel (per feature for vectors);
+    token ids (int64) pass through."""
+    if x.dtype == torch.int64:
+        return x
 
     def to_float(t: torch.Tensor) -> torch.Tensor:
         return t.float() / 255 if t.dtype == torch.uint8 else t.float()

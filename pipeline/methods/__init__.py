@@ -8,6 +8,7 @@ method entry may name its implementation with `method:` to define a variant, e.g
 """
 
 from pipeline.methods.dir import DIR
+from pipeline.methods.distill import DML, KD, LGTM, MetaDistill
 from pipeline.methods.dlf import DLF
 from pipeline.methods.erm import ERM
 from pipeline.methods.focal import Focal
@@ -50,4 +51,8 @@ METHODS = {
     "uda": UDA,
     "reduced_mpl": ReducedMPL,
     "noisy_student": NoisyStudent,
+    "kd": KD,
+    "dml": DML,
+    "meta_distill": MetaDistill,
+    "lgtm": LGTM,
 }

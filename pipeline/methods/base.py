@@ -85,6 +85,11 @@ class Method:
         flat = [torch.cat([g.reshape(-1) for g in grads]) for grads in (train_grads, val)]
         return F.cosine_similarity(*flat, dim=0).detach()
 
+    def epoch_metrics(self) -> dict:
+        """Extra figures for the epoch's history record (e.g. a learning teacher's validation
+        loss), computed at the end of each epoch; none by default."""
+        return {}
+
     def state_dict(self) -> dict:
         """Method state beyond the student (a teacher, its optimiser) for resuming."""
         return {}

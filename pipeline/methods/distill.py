@@ -1,0 +1,284 @@
+"""Knowledge distillation from a learned teacher: KD, DML, Meta Distill and LGTM.
+
+Every method here starts from a pretrained teacher (params.yaml `teachers`, fine-tuned by the
+pretrain stage) and trains the student on
+
+    (1 - alpha) * CE(y, S(x)) + alpha * D(T(x), S(x))
+
+with D a distillation objective (`objective`, at `temperature`):
+- `ce`: Hinton et al.'s soft-target cross entropy, times temperature^2;
+- `dist`: DIST (Huang et al. 2022): 1 - Pearson correlation of the two distributions per
+  example (inter-class) plus 1 - Pearson per class over the batch (intra-class);
+- `mse`: squared error of the logits, averaged over classes.
+
+The methods differ in the teacher:
+- `kd` (Hinton et al. 2015): frozen.
+- `dml` (Zhang et al. 2018): trained jointly, on (1 - alpha) CE(y, T) + alpha D(S, T).
+- `meta_distill` (Zhou et al. 2022): descends the student's validation loss after one step,
+  R(theta'), theta' = step(theta, grad L_s(omega)): the core's one-step JVP route, exact.
+- `lgtm` (Ren et al. 2023, Algorithm 1): descends L_influence + L_aux with
+  L_aux = teacher_alpha CE(y, T) + (1 - teacher_alpha) D(T, S) and the distillation influence
+  L_influence = -(1/B) sum_i < grad_theta D_i(T, S), v >, v = grad R(theta') at the student's
+  virtual step. `influence: fd` takes it by the paper's central finite difference (two student
+  forwards at theta +- eps v, eps = epsilon / |v|); `influence: jvp` exactly, as the tangent of
+  the student's outputs along v (one forward-mode pass). The sign: to first order the student's
+  step changes R by -lr alpha < grad D, v >, so the teacher that lowers R raises the influence
+  (the paper's eq. 10 prints it without the minus that its Appendix C derivation carries).
+The teachers that learn are updated before the student (the paper's order), with Adam.
+
+Dropout: the forwards at theta +- eps v (and the JVP) replay the random state of the student's
+training forward, so all of them see the same dropout masks and the finite difference
+differentiates one function.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from pipeline.core.meta import (
+    buffer_copies,
+    lookahead_direction,
+    loss_and_grad,
+    params_of,
+    tangent_only,
+    teacher_surrogate,
+)
+from pipeline.core.optim import sgd_step
+from pipeline.core.student import predict
+from pipeline.methods.base import Batch, Method, MethodSettings
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    a = a - a.mean(dim, keepdim=True)
+    b = b - b.mean(dim, keepdim=True)
+    return (a * b).sum(dim) / (a.norm(dim=dim) * b.norm(dim=dim)).clamp_min(1e-8)
+
+
+def distillation_losses(
+    teacher: torch.Tensor, student: torch.Tensor, objective: str, temperature: float
+) -> torch.Tensor:
+    """Per-example distillation losses D_i(T, S) from logits; their mean is the batch loss
+    (DIST's intra-class term, a batch quantity, is added to every example)."""
+    if objective == "mse":
+        return (student - teacher).pow(2).mean(1)
+    t, s = teacher / temperature, student / temperature
+    if objective == "ce":
+        return -(F.softmax(t, 1) * F.log_softmax(s, 1)).sum(1) * temperature**2
+    p_t, p_s = F.softmax(t, 1), F.softmax(s, 1)
+    inter = 1 - _pearson(p_s, p_t, dim=1)
+    intra = (1 - _pearson(p_s, p_t, dim=0)).mean()
+    return (inter + intra) * temperature**2
+
+
+class Distill(Method):
+    """Shared by the distillation methods: the teacher and the student's loss."""
+
+    trains_teacher = False
+
+    @dataclass(frozen=True)
+    class Settings(MethodSettings):
+        teacher: str = ""  # a params.yaml `teachers` entry (the fine-tuned teacher)
+        alpha: float = 0.5  # weight of distillation in the student's loss (Hinton's alpha)
+        temperature: float = 1.0
+        objective: Literal["ce", "dist", "mse"] = "ce"
+        teacher_lr: float = 3e-5  # Adam, for the teachers that learn (paper: 3e-5)
+        val_batch_size: int | None = None
+
+        def check(self, where: str) -> None:
+            from pipeline.config import ParamsError
+
+            if not self.teacher:
+                raise ParamsError(f"{where}.teacher: distillation needs a pretrained teacher")
+            if not 0 <= self.alpha <= 1:
+                raise ParamsError(f"{where}.alpha: must be in [0, 1], got {self.alpha}")
+            if self.temperature <= 0 or self.teacher_lr <= 0:
+                raise ParamsError(f"{where}: temperature and teacher_lr must be > 0")
+
+    def __init__(self, settings, ctx):
+        super().__init__(settings, ctx)
+        pretrained = ctx.pretrained[settings.teacher]
+        if self.trains_teacher:
+            self.teacher = copy.deepcopy(pretrained).requires_grad_(True).train()
+            self.optimizer = torch.optim.Adam(self.teacher.parameters(), lr=settings.teacher_lr)
+        else:
+            self.teacher = pretrained.eval()
+
+    def distill(self, teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+        s = self.settings
+        return distillation_losses(teacher, student, s.objective, s.temperature).mean()
+
+    def student_loss(self, logits, teacher_logits, y) -> torch.Tensor:
+        a = self.settings.alpha
+        return (1 - a) * F.cross_entropy(logits, y) + a * self.distill(teacher_logits, logits)
+
+    def update_teacher(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def update_student(self, logits, batch: Batch) -> torch.Tensor:
+        """The student's step on the teacher as it is now (after its own update)."""
+        with torch.no_grad():
+            teacher_logits = self.teacher(batch.x)
+        loss = self.student_loss(logits, teacher_logits, batch.y)
+        self.student.update(loss)
+        return loss.detach()
+
+    def epoch_metrics(self) -> dict:
+        """Validation loss of the student, and of the teacher where it learns (Figure 2)."""
+        data = self.ctx.data
+        logits = predict(self.student.model, data.val_x, 256)
+        out = {"student_val_loss": round(float(F.cross_entropy(logits, data.val_y)), 6)}
+        if self.trains_teacher:
+            t = predict(self.teacher, data.val_x, 256)
+            out["teacher_val_loss"] = round(float(F.cross_entropy(t, data.val_y)), 6)
+            out["teacher_val_acc"] = round(float((t.argmax(1) == data.val_y).double().mean()), 6)
+        return out
+
+    def state_dict(self) -> dict:
+        if not self.trains_teacher:
+            return {}
+        return {"teacher": self.teacher.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.trains_teacher:
+            self.teacher.load_state_dict(state["teacher"])
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+class KD(Distill):
+    def step(self, batch: Batch):
+        return {"loss": self.update_student(self.student.model(batch.x), batch)}
+
+
+class DML(Distill):
+    trains_teacher = True
+
+    def step(self, batch: Batch):
+        logits, teacher_logits = self.student.model(batch.x), self.teacher(batch.x)
+        a = self.settings.alpha
+        teacher_loss = (1 - a) * F.cross_entropy(teacher_logits, batch.y) + a * self.distill(
+            logits.detach(), teacher_logits
+        )
+        self.update_teacher(teacher_loss)
+        return {"loss": self.update_student(logits, batch), "teacher_loss": teacher_loss.detach()}
+
+
+@contextmanager
+def replayed_rng(state: tuple):
+    """Run a block with the random state `state` (from `rng_state`), then restore the current
+    one: a forward in it draws the same dropout masks as the forward that started there."""
+    cpu, cuda = state
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda is not None else []):
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
+        yield
+
+
+def rng_state(device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state() if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+class MetaDistill(Distill):
+    trains_teacher = True
+
+    def training_forward(self, batch: Batch):
+        """Teacher and student logits, the student's loss and its gradient at theta, and the
+        random state the student's forward started from."""
+        model = self.student.model
+        teacher_logits = self.teacher(batch.x)
+        rng = rng_state(batch.x.device)
+        logits = model(batch.x)
+        loss = self.student_loss(logits, teacher_logits.detach(), batch.y)
+        params = params_of(model)
+        grads = torch.autograd.grad(loss, list(params.values()), retain_graph=True)
+        return teacher_logits, logits, rng, dict(zip(params, grads, strict=True))
+
+    def step(self, batch: Batch):
+        student, a = self.student, self.settings.alpha
+        teacher_logits, logits, rng, grads = self.training_forward(batch)
+        vx, vy = self.val_batch(self.settings.val_batch_size)
+        direction, r_after = lookahead_direction(
+            student.model, student.rule(), student.momentum(), grads, vx, vy
+        )
+        with replayed_rng(rng):
+            _, tangents = tangent_only(student.model, batch.x, direction)
+
+        def loss(z, t):  # the part of the student's loss that depends on the teacher
+            return a * self.distill(t, z)
+
+        meta = teacher_surrogate(loss, logits, tangents, teacher_logits)
+        self.update_teacher(meta)
+        return {"loss": self.update_student(logits, batch), "val_loss": r_after.detach()}
+
+
+class LGTM(MetaDistill):
+    @dataclass(frozen=True)
+    class Settings(Distill.Settings):
+        teacher_alpha: float = 0.6  # the teacher's own cross entropy in L_aux (Table 7)
+        influence: Literal["fd", "jvp"] = "fd"
+        epsilon: float = 0.01  # fd: step along v, relative to |v|
+
+        def check(self, where: str) -> None:
+            from pipeline.config import ParamsError
+
+            super().check(where)
+            if not 0 <= self.teacher_alpha <= 1:
+                raise ParamsError(f"{where}.teacher_alpha: must be in [0, 1]")
+            if self.epsilon <= 0:
+                raise ParamsError(f"{where}.epsilon: must be > 0")
+
+    def validation_gradient(self, grads) -> tuple[dict, torch.Tensor]:
+        """v = grad R(theta') after the student's virtual step (Algorithm 1, lines 3-5)."""
+        student = self.student
+        theta = {k: p.detach() for k, p in params_of(student.model).items()}
+        virtual, _ = sgd_step(theta, grads, student.momentum(), student.rule())
+        vx, vy = self.val_batch(self.settings.val_batch_size)
+        r_after, v = loss_and_grad(student.model, virtual, vx, vy)
+        return v, r_after
+
+    def influence(self, x, logits, teacher_logits, v, rng) -> torch.Tensor:
+        """L_influence as a function of the teacher's logits (see the module docstring)."""
+        model = self.student.model
+        if self.settings.influence == "jvp":
+            with replayed_rng(rng):
+                _, tangents = tangent_only(model, x, v)
+            return -teacher_surrogate(
+                lambda z, t: self.distill(t, z), logits, tangents, teacher_logits
+            )
+        norm = torch.sqrt(sum((g * g).sum() for g in v.values()))
+        eps = self.settings.epsilon / norm.clamp_min(1e-12)
+        theta = {k: p.detach() for k, p in params_of(model).items()}
+        shifted = []
+        for sign in (1, -1):
+            params = {k: p + sign * eps * v[k] for k, p in theta.items()}
+            with torch.no_grad(), replayed_rng(rng):
+                shifted.append(functional_call(model, (params, buffer_copies(model)), (x,)))
+        plus, minus = (self.distill(teacher_logits, s) for s in shifted)
+        return -(plus - minus) / (2 * eps)
+
+    def step(self, batch: Batch):
+        s = self.settings
+        teacher_logits, logits, rng, grads = self.training_forward(batch)
+        v, r_after = self.validation_gradient(grads)
+        influence = self.influence(batch.x, logits.detach(), teacher_logits, v, rng)
+        teacher_ce = F.cross_entropy(teacher_logits, batch.y)
+        aux = s.teacher_alpha * teacher_ce + (1 - s.teacher_alpha) * self.distill(
+            teacher_logits, logits.detach()
+        )
+        self.update_teacher(influence + aux)
+        return {
+            "loss": self.update_student(logits, batch),
+            "val_loss": r_after.detach(),
+            "influence": influence.detach(),
+            "teacher_ce": teacher_ce.detach(),
+        }
