@@ -152,5 +152,10 @@ def test_paper_profile_builds_the_same_dag(workdir):
     params["profile"] = "paper"
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     p = load("params.yaml")
-    assert {e.dataset for e in p.active_experiments.values()} == {"cifar10", "cifar100", "svhn"}
+    glue = {"sst2", "mrpc", "rte", "mnli", "qnli", "qqp"}
+    assert {e.dataset for e in p.active_experiments.values()} == {
+        "cifar10",
+        "cifar100",
+        "svhn",
+    } | glue
     assert_same_jobs(workdir, plan.dvc_yaml(p))
