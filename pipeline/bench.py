@@ -1,12 +1,13 @@
-"""`python -m pipeline bench`: the cost of the teaching methods, in two suites.
+"""`python -m pipeline bench`: the cost of the teaching methods, in three suites.
 
 steps: time per student step (the mean, so that a teacher update every K steps is amortised)
     and peak memory of each method relative to ERM: same model, batch size (training and
     validation batches equal) and device; the double-backward reference of L2RW's meta-gradient
     runs beside the fast routes. Writes results/bench/steps_<device>.csv and .png.
 distill: the same for the distillation methods on text (LGTM Table 3: the influence by finite
-    differences against the exact JVP): MiniLM-L3 student, MiniLM-L6 teacher, random token ids
-    (the cost does not depend on the text). Writes results/bench/distill_<device>.csv.
+    differences against the exact JVP and against the paper's exact route, double backward):
+    MiniLM-L3 student, MiniLM-L6 teacher, random token ids (the cost does not depend on the
+    text). Writes results/bench/distill_<device>.csv.
 reverse: reverse mode through many steps. DIR's teacher update (Algorithm 1) against B, the
     steps differentiated back, and a DLF teacher optimisation step (T student steps, then T
     back) against T, running momentum SGD backwards or keeping every theta_t (`stored`): time
@@ -61,6 +62,7 @@ DISTILL_VARIANTS = {  # erm is the student fine-tuned alone (student_ft)
     "meta_distill": ("meta_distill", TEACHER),
     "lgtm_fd": ("lgtm", TEACHER),
     "lgtm_jvp": ("lgtm", {**TEACHER, "influence": "jvp"}),
+    "lgtm_double_backward": ("lgtm", {**TEACHER, "influence": "double_backward"}),
 }
 SUITE_VARIANTS = {"steps": VARIANTS, "distill": DISTILL_VARIANTS}
 BACKS = (1, 2, 5, 10)  # the reverse suite's B for DIR (with K = B: one update per window)

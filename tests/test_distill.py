@@ -95,7 +95,8 @@ def test_exact_influence_equals_per_example_gradient_products(task):
 
 def test_influence_teacher_gradient_and_finite_difference(task):
     """The jvp route's teacher gradient equals double backward of
-    -(1/B) sum_i <grad_theta D_i(T(omega)), v>; the finite difference converges to it."""
+    -(1/B) sum_i <grad_theta D_i(T(omega)), v> (and so does the double_backward route); the
+    finite difference converges to it."""
     batch = Batch(task.train_x[:6], task.train_y[:6], torch.arange(6))
 
     torch.manual_seed(3)
@@ -122,6 +123,12 @@ def test_influence_teacher_gradient_and_finite_difference(task):
     slow = grad_of(-dot, exact.teacher)
     assert slow.norm() > 1e-6
     torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-13)
+    # the method's own double-backward route (the timing reference) is that same computation
+    reference = make("lgtm", task, influence="double_backward")
+    reference.teacher.load_state_dict(exact.teacher.state_dict())
+    x, t = batch.x, reference.teacher(batch.x)
+    routed = grad_of(reference.influence(x, logits.detach(), t, v, rng), reference.teacher)
+    torch.testing.assert_close(routed, slow, rtol=1e-12, atol=1e-15)
 
     errors = []
     for eps in (1e-1, 1e-2, 1e-3):

@@ -21,9 +21,12 @@ The methods differ in the teacher:
   L_influence = -(1/B) sum_i < grad_theta D_i(T, S), v >, v = grad R(theta') at the student's
   virtual step. `influence: fd` takes it by the paper's central finite difference (two student
   forwards at theta +- eps v, eps = epsilon / |v|); `influence: jvp` exactly, as the tangent of
-  the student's outputs along v (one forward-mode pass). The sign: to first order the student's
-  step changes R by -lr alpha < grad D, v >, so the teacher that lowers R raises the influence
-  (the paper's eq. 10 prints it without the minus that its Appendix C derivation carries).
+  the student's outputs along v (one forward-mode pass); `influence: double_backward` exactly,
+  as the paper's route without the finite difference (grad_theta D with a graph, dotted with
+  v, differentiated again: the reference for timing, LGTM Table 3). The sign: to first order
+  the student's step changes R by -lr alpha < grad D, v >, so the teacher that lowers R raises
+  the influence (the paper's eq. 10 prints it without the minus that its Appendix C
+  derivation carries).
 The teachers that learn are updated before the student (the paper's order), with Adam.
 
 Dropout: the forwards at theta +- eps v (and the JVP) replay the random state of the student's
@@ -120,7 +123,7 @@ class Distill(Method):
 
     def update_teacher(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(inputs=list(self.teacher.parameters()))  # leave the student's .grad
         self.optimizer.step()
 
     def update_student(self, logits, batch: Batch) -> torch.Tensor:
@@ -225,7 +228,7 @@ class LGTM(MetaDistill):
     @dataclass(frozen=True)
     class Settings(Distill.Settings):
         teacher_alpha: float = 0.6  # the teacher's own cross entropy in L_aux (Table 7)
-        influence: Literal["fd", "jvp"] = "fd"
+        influence: Literal["fd", "jvp", "double_backward"] = "fd"
         epsilon: float = 0.01  # fd: step along v, relative to |v|
 
         def check(self, where: str) -> None:
@@ -255,6 +258,12 @@ class LGTM(MetaDistill):
             return -teacher_surrogate(
                 lambda z, t: self.distill(t, z), logits, tangents, teacher_logits
             )
+        if self.settings.influence == "double_backward":
+            params = params_of(model)
+            with replayed_rng(rng):  # its own forward: the student's graph stays for its step
+                distill = self.distill(teacher_logits, model(x))
+            grads = torch.autograd.grad(distill, list(params.values()), create_graph=True)
+            return -sum((g * v[k]).sum() for g, k in zip(grads, params, strict=True))
         norm = torch.sqrt(sum((g * g).sum() for g in v.values()))
         eps = self.settings.epsilon / norm.clamp_min(1e-12)
         theta = {k: p.detach() for k, p in params_of(model).items()}
