@@ -206,6 +206,7 @@ class ScheduleSpec:
     gamma: float = 0.1
     augment: Literal["none", "crop_flip", "randaugment"] = "none"  # pipeline/augment.py
     val_batch_size: int | None = None  # validation batch for methods that use one; None: batch_size
+    eval_every: int = 0  # also record validation figures every this many steps (0: epoch ends)
 
     def check(self, where: str) -> None:
         _positive(
@@ -215,6 +216,8 @@ class ScheduleSpec:
             lr=self.lr,
             val_batch_size=self.val_batch_size,
         )
+        if self.eval_every < 0:
+            raise ParamsError(f"{where}.eval_every: must be >= 0 (0: at epoch ends only)")
         if any(not 0 < m < 1 for m in self.milestones):
             raise ParamsError(f"{where}.milestones: fractions of training, each in (0, 1)")
 

@@ -174,35 +174,47 @@ CURVES = (  # history key, panel title (LGTM Figure 2)
 )
 
 
+def curve_series(p: Params, experiment: str) -> dict[tuple[str, str], tuple[list, list]]:
+    """(method, history key) -> (student steps, mean over seeds) for every CURVES key a
+    method's histories record (epoch ends and `eval_every` steps), on the experiment's first
+    noise setting."""
+    exp, series = p.experiments[experiment], {}
+    for method in exp.methods:
+        cell = plan.Cell(exp.dataset, exp.model, exp.schedule, exp.noise[0], method, p.seeds)
+        histories = [read_json(run.file("history.json")) for run in cell.runs]
+        for key, _ in CURVES:
+            points = [[r for r in h if key in r] for h in histories]
+            if points[0]:
+                steps = [r["step"] for r in points[0]]
+                mean = [sum(h[i][key] for h in points) / len(points) for i in range(len(steps))]
+                series[method, key] = steps, mean
+    return series
+
+
 def curves_figure(p: Params, experiment: str, path: str) -> None:
-    """Validation loss and accuracy of student and teacher after each epoch, mean over seeds,
-    for the methods whose histories record them."""
+    """LGTM Figure 2: validation loss and accuracy of student and teacher along training, one
+    panel per CURVES key, one colour per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     exp = p.experiments[experiment]
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(13, 3), dpi=100)
-    for method in exp.methods:
-        histories = [
-            [r for r in read_json(run.file("history.json")) if "epoch" in r]
-            for run in plan.runs(p, experiment)
-            if run.method == method
-        ]
+    series = curve_series(p, experiment)
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(13, 3.2), dpi=100)
+    lines = {}
+    for k, method in enumerate(exp.methods):
         for ax, (key, title) in zip(axes, CURVES, strict=True):
-            if key not in histories[0][0]:
-                continue
-            epochs = [r["epoch"] for r in histories[0]]
-            mean = [sum(h[i][key] for h in histories) / len(histories) for i in range(len(epochs))]
-            ax.plot(epochs, mean, marker="o", label=method)
+            if (method, key) in series:
+                steps, mean = series[method, key]
+                (lines[method],) = ax.plot(steps, mean, marker=".", color=f"C{k}")
             ax.set_title(title, fontsize=9)
     for ax in axes:
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("student step")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    fig.legend(lines.values(), lines.keys(), loc="lower center", ncol=len(lines), fontsize=8)
     fig.suptitle(exp.title or experiment, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     from pipeline.io import atomic_path
 
     with atomic_path(path) as tmp:

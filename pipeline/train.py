@@ -82,6 +82,16 @@ def finetune(student: Student, data: TaskData, steps: int, seed: int) -> dict:
     }
 
 
+def validation_figures(model: torch.nn.Module, data: TaskData, method) -> dict:
+    """The student's validation accuracy and what the method adds (a learning teacher's
+    validation loss and accuracy), in eval mode: no random state is drawn, so recording them
+    more often leaves training unchanged."""
+    return {
+        "val_acc": round(accuracy(model, data.val_x, data.val_y), 6),
+        **method.validation_metrics(),
+    }
+
+
 def train_cell(p: Params, cell: Cell) -> None:
     train_runs(p, cell.runs)
 
@@ -159,12 +169,14 @@ def train(
             for key, value in teacher.step(batch).items():
                 sums[key] = sums.get(key, 0.0) + value
             progress.update(student.step_count)
+            step = student.step_count
+            if schedule.eval_every and step % schedule.eval_every == 0 and step % per_epoch:
+                history.append({"step": step, **validation_figures(model, data, teacher)})
         record = {
             "epoch": epoch + 1,
             "step": student.step_count,
             **{k: round(float(v) / per_epoch, 6) for k, v in sums.items()},
-            "val_acc": round(accuracy(model, data.val_x, data.val_y), 6),
-            **teacher.epoch_metrics(),
+            **validation_figures(model, data, teacher),
             "seconds": round(time.monotonic() - started, 2),
         }
         history.append(record)
@@ -212,7 +224,7 @@ def train(
     write_json(
         [{k: v for k, v in r.items() if k != "seconds"} for r in history], out_dir / "history.json"
     )
-    log(f"trained {out_dir} in {sum(r['seconds'] for r in history):.1f}s of epochs")
+    log(f"trained {out_dir} in {sum(r.get('seconds', 0) for r in history):.1f}s of epochs")
     from pipeline.evaluate import evaluate
 
     metrics = evaluate(p, run, data)

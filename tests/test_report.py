@@ -141,3 +141,37 @@ def test_loss_teacher_figure_from_recorded_history(workdir, tiny_raw):
         write_json({"teacher": teacher}, run.file("metrics.json"))
     weights_figure(p, "tiny")
     assert (workdir / plan.weights_figure_path("tiny")).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curves_average_seeds_at_every_recorded_step(workdir, tiny_raw):
+    """LGTM Figure 2's series: each method's validation records (epoch ends and the steps in
+    between), averaged over seeds; a method without a learning teacher has no teacher curve."""
+    from pipeline import plan
+    from pipeline.io import write_json
+    from pipeline.report import curve_series, curves_figure
+
+    tiny_raw["methods"]["l2rw"] = {}
+    tiny_raw["experiments"]["tiny"].update(methods=["erm", "l2rw"], curves_figure=True)
+    p = parse(tiny_raw)
+    for run in plan.runs(p, "tiny"):
+        shift = run.seed / 10
+        history = [
+            {"step": 5, "val_acc": 0.5 + shift},
+            {"epoch": 1, "step": 10, "loss": 1.0, "val_acc": 0.7 + shift},
+        ]
+        if run.method == "l2rw":
+            for record in history:
+                record.update(teacher_val_loss=1.0 - shift, teacher_val_acc=0.6)
+        write_json(history, run.file("history.json"))
+    series = curve_series(p, "tiny")
+    assert set(series) == {
+        ("erm", "val_acc"),
+        ("l2rw", "val_acc"),
+        ("l2rw", "teacher_val_loss"),
+        ("l2rw", "teacher_val_acc"),
+    }
+    steps, mean = series["erm", "val_acc"]
+    assert steps == [5, 10] and mean == pytest.approx([0.55, 0.75])  # seeds 0 and 1
+    assert series["l2rw", "teacher_val_loss"][1] == pytest.approx([0.95, 0.95])
+    curves_figure(p, "tiny", "curves.png")
+    assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pipeline import plan
 from pipeline.__main__ import main
@@ -81,6 +82,22 @@ def test_erm_learns_and_is_scored_on_test(prepared):
     assert m["provenance"]["git"] and 1 <= m["best_epoch"] <= 2
     history = read_json(clean.file("history.json"))
     assert [h["epoch"] for h in history] == [1, 2] and history[-1]["loss"] < history[0]["loss"]
+
+
+def test_validation_records_between_epochs_leave_training_unchanged(prepared):
+    train(prepared, RUN)
+    reference, per_epoch = model_state(RUN), read_json(RUN.file("history.json"))
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["schedules"]["short"]["eval_every"] = 4
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    train(load("params.yaml"), RUN)
+    assert all(torch.equal(reference[k], model_state(RUN)[k]) for k in reference)
+    history = read_json(RUN.file("history.json"))
+    steps_per_epoch = per_epoch[0]["step"]
+    between = [r["step"] for r in history if "epoch" not in r]
+    assert between == [s for s in range(4, 2 * steps_per_epoch, 4) if s % steps_per_epoch]
+    assert all(0 <= r["val_acc"] <= 1 for r in history)
+    assert [r for r in history if "epoch" in r] == per_epoch
 
 
 def test_unknown_name_on_the_command_line(prepared, capsys):

@@ -85,9 +85,10 @@ class Method:
         flat = [torch.cat([g.reshape(-1) for g in grads]) for grads in (train_grads, val)]
         return F.cosine_similarity(*flat, dim=0).detach()
 
-    def epoch_metrics(self) -> dict:
-        """Extra figures for the epoch's history record (e.g. a learning teacher's validation
-        loss), computed at the end of each epoch; none by default."""
+    def validation_metrics(self) -> dict:
+        """Extra figures for the history's validation records (e.g. a learning teacher's
+        validation loss), at the end of each epoch and every `eval_every` steps; in eval mode
+        (no random state drawn); none by default."""
         return {}
 
     def state_dict(self) -> dict:

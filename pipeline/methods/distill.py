@@ -134,7 +134,7 @@ class Distill(Method):
         self.student.update(loss)
         return loss.detach()
 
-    def epoch_metrics(self) -> dict:
+    def validation_metrics(self) -> dict:
         """Validation loss of the student, and of the teacher where it learns (Figure 2)."""
         data = self.ctx.data
         logits = predict(self.student.model, data.val_x, 256)
