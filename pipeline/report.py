@@ -207,7 +207,9 @@ def curves_figure(p: Params, experiment: str, path: str) -> None:
         for ax, (key, title) in zip(axes, CURVES, strict=True):
             if (method, key) in series:
                 steps, mean = series[method, key]
-                (lines[method],) = ax.plot(steps, mean, marker=".", color=f"C{k}")
+                style = {"color": f"C{k}", "marker": "os^vDx"[k % 6], "markersize": 4}
+                dashed = {"linestyle": "--"} if k % 2 else {}  # coinciding curves stay visible
+                (lines[method],) = ax.plot(steps, mean, **style, **dashed)
             ax.set_title(title, fontsize=9)
     for ax in axes:
         ax.set_xlabel("student step")
