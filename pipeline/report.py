@@ -7,6 +7,7 @@ formats, and PNG files without metadata, so two runs of the same profile are byt
 from __future__ import annotations
 
 import math
+import textwrap
 
 import pandas as pd
 
@@ -154,7 +155,8 @@ def figure(
         )
     if not exp.figure:
         ax.set_xticks(xs, exp.noise)
-    ax.set(xlabel=xlabel, ylabel=f"test {metric} (%)", title=exp.title or experiment)
+    title = textwrap.fill(exp.title or experiment, 60)  # long titles wrap, not cut
+    ax.set(xlabel=xlabel, ylabel=f"test {metric} (%)", title=title)
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
