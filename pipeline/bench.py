@@ -32,7 +32,7 @@ import torch
 
 from pipeline.config import ScheduleSpec
 from pipeline.core.student import Student
-from pipeline.io import atomic_path, write_text
+from pipeline.io import save_figure, write_text
 from pipeline.methods import METHODS
 from pipeline.methods.base import Batch, Context
 from pipeline.models import build_model
@@ -89,7 +89,8 @@ def _setup(model_name: str, batch: int, kind: str, settings: dict, steps: int, d
     else:
         x = torch.randn(n, *shape, device=dev)
     y = torch.randint(0, classes, (n,), device=dev)
-    data = TaskData(x, y, y, x[:batch], y[:batch], x[:1], y[:1], classes, list("ab"))
+    names = [str(c) for c in range(classes)]
+    data = TaskData(x, y, y, x[:batch], y[:batch], x[:1], y[:1], classes, names)
     model = build_model(arch, shape, classes, **options).to(dev)
     schedule = ScheduleSpec(epochs=1, batch_size=batch, lr=0.1, momentum=0.9, weight_decay=5e-4)
     ctx = Context(Student(model, schedule, steps + 2), data, schedule, generator("bench"))
@@ -271,9 +272,7 @@ def write_outputs(rows: list[dict], out_dir: Path, suite: str, device: str) -> N
         ax.axhline(1, color="gray", lw=0.5)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(out_dir / f"{suite}_{device}.png") as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, out_dir / f"{suite}_{device}.png")
 
 
 if __name__ == "__main__":  # one measurement, in its own process (see `run`)

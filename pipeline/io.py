@@ -30,6 +30,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def save_figure(fig, path: str | Path) -> None:
+    """A matplotlib figure as PNG without metadata (so reruns are byte-identical), written
+    atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
 def save_torch(obj: Any, path: str | Path) -> None:
     import torch
 

@@ -226,15 +226,20 @@ ARCHITECTURES: dict[str, type[_Student]] = {  # the arch names of params.yaml
 }
 
 
+def _architecture(arch: str) -> type[nn.Module]:
+    if arch == "text_bert":  # imported here: pipeline.text_models builds on this module
+        from pipeline.text_models import TextClassifier
+
+        return TextClassifier
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHITECTURES)}, text_bert")
+    return ARCHITECTURES[arch]
+
+
 def build_model(arch: str, in_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
     """The `arch` network for examples of shape `in_shape` ((C, H, W), (D,) or token ids (L,));
     `options` are the class's remaining keyword arguments (e.g. depth, width, hidden, dropout)."""
-    if arch not in ARCHITECTURES and arch != "text_bert":
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHITECTURES)}, text_bert")
-    if arch == "text_bert":  # imported here: transformers loads only for text runs
-        from pipeline.text_models import TextClassifier as cls
-    else:
-        cls = ARCHITECTURES[arch]
+    cls = _architecture(arch)
     in_shape = tuple(in_shape)
     if arch == "text_bert":
         derived = {"max_length": in_shape[0]}

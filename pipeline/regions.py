@@ -15,7 +15,7 @@ import torch
 from pipeline import plan
 from pipeline.config import Params
 from pipeline.core.student import predict
-from pipeline.io import atomic_path, load_torch, read_json
+from pipeline.io import load_torch, read_json, save_figure
 from pipeline.models import build_model
 from pipeline.report import mean_ci95
 from pipeline.task import load_task
@@ -65,8 +65,7 @@ def regions_figures(p: Params, experiment: str) -> None:
         ax.set_yticks([])
     fig.tight_layout()
     paths = plan.regions_figure_paths(experiment)
-    _save(fig, paths[0])
-    plt.close(fig)
+    save_figure(fig, paths[0])
 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     for method in exp.methods:
@@ -82,10 +81,4 @@ def regions_figures(p: Params, experiment: str) -> None:
     ax.set_title(f"{exp.dataset}, {noise}: gradient alignment", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, paths[1])
-    plt.close(fig)
-
-
-def _save(fig, path: str) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
+    save_figure(fig, paths[1])

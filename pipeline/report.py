@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline import plan
 from pipeline.config import Params, reported_numbers
-from pipeline.io import read_json, write_text
+from pipeline.io import read_json, save_figure, write_text
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -161,11 +161,7 @@ def figure(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from pipeline.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 CURVES = (  # history key, panel title (LGTM Figure 2)
@@ -219,11 +215,7 @@ def curves_figure(p: Params, experiment: str, path: str) -> None:
     fig.legend(lines.values(), lines.keys(), loc="lower center", ncol=len(lines), fontsize=8)
     fig.suptitle(exp.title or experiment, fontsize=9)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    from pipeline.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def report(p: Params, experiment: str) -> pd.DataFrame:
@@ -283,11 +275,7 @@ def weights_figure(p: Params, experiment: str) -> None:
             _weight_histogram(ax, data)
         ax.set_title(f"{method}, {noise}", fontsize=9)
     fig.tight_layout()
-    from pipeline.io import atomic_path
-
-    with atomic_path(plan.weights_figure_path(experiment)) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, plan.weights_figure_path(experiment))
 
 
 def _weight_histogram(ax, h: dict) -> None:
@@ -329,8 +317,4 @@ def _loss_teacher_figure(teachers: dict, path: str) -> None:
         ax.set(xlabel="class j", ylabel="class i (label)")
         ax.set_title(f"Phi_t(i, j) at step {snap['step']}", fontsize=9)
     fig.colorbar(image, ax=list(axes[1:]), shrink=0.8)
-    from pipeline.io import atomic_path
-
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", metadata={"Software": None})
-    plt.close(fig)
+    save_figure(fig, path)

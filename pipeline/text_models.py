@@ -54,10 +54,6 @@ def minilm_l3_onnx() -> Path:
     return path
 
 
-def vocab_file() -> Path:
-    return minilm_l6_dir() / "vocab.txt"
-
-
 def _transformers_offline() -> None:
     """No hub look-ups, no load reports or progress bars in the job logs."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,7 +90,8 @@ def onnx_to_bert(path: Path):
     ]
     layers = len(matmuls) // len(slots)
     for i, name in enumerate(matmuls):
-        state[f"encoder.layer.{i // 6}.{slots[i % 6]}.weight"] = torch.from_numpy(
+        layer, slot = divmod(i, len(slots))
+        state[f"encoder.layer.{layer}.{slots[slot]}.weight"] = torch.from_numpy(
             named[name].T.copy()
         )
     hidden = state["embeddings.word_embeddings.weight"].shape[1]

