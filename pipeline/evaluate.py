@@ -102,10 +102,11 @@ def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
         },
     }
     best = saved["best_val"]  # absent after fine-tuning, which follows the last epoch
-    if best:
-        final = saved["model"]
-        same = all(torch.equal(v, final[k]) for k, v in best["model"].items())
-        metrics["test_best_val"] = test if same else score(best["model"], data.test_x, data.test_y)
+    if best:  # its weights are absent when the last epoch was the best
+        best_model = best["model"]
+        metrics["test_best_val"] = (
+            test if best_model is None else score(best_model, data.test_x, data.test_y)
+        )
         metrics["best_epoch"] = best["epoch"]
     if saved["method"].get("metrics"):  # what a teacher recorded (e.g. DLF's history)
         metrics["teacher"] = saved["method"]["metrics"]

@@ -120,6 +120,14 @@ def load_pretrained(p: Params, teacher: str, run: Run, data: TaskData, device) -
     return model.requires_grad_(False).eval()
 
 
+def best_on_validation(best: dict, epoch_count: int, finetuned: bool) -> dict | None:
+    """The best-on-validation epoch ("+ES"): none after fine-tuning, which follows it; its
+    weights only when they are not the final model's (the last epoch was not the best)."""
+    if finetuned:
+        return None
+    return {"model": best["model"] if best["epoch"] < epoch_count else None, "epoch": best["epoch"]}
+
+
 def train(
     p: Params, run: Run, stop_after_epoch: int | None = None, keep_checkpoint: bool = False
 ) -> Path:
@@ -212,11 +220,12 @@ def train(
     save_torch(
         {
             "model": model.state_dict(),
-            "method": teacher.state_dict(),
-            # the best-on-validation epoch ("+ES"); none after fine-tuning, which follows it
-            "best_val": None
-            if teacher.settings.finetune_steps
-            else {"model": best["model"], "epoch": best["epoch"]},
+            # the learned teacher and what the method recorded; its optimiser moments are
+            # for resuming only (twice the teacher's size: 180 MB for a MiniLM teacher)
+            "method": {k: v for k, v in teacher.state_dict().items() if k != "optimizer"},
+            "best_val": best_on_validation(
+                best, epoch_count=schedule.epochs, finetuned=bool(teacher.settings.finetune_steps)
+            ),
         },
         out_dir / "model.pt",
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -30,20 +31,50 @@ def model_state(run: plan.Run) -> dict:
     return load_torch(run.file("model.pt"))["model"]
 
 
-def test_interrupted_run_resumes_to_the_same_weights(prepared):
-    train(prepared, RUN)
-    reference, history = model_state(RUN), Path(RUN.file("history.json")).read_text()
-    checkpoint = Path(RUN.checkpoint)
+@pytest.mark.parametrize("method", ["erm", "mwn"])
+def test_interrupted_run_resumes_to_the_same_weights(prepared, method):
+    """MW-Net also resumes its teacher and the teacher's momentum."""
+    params, run = with_method(method), dataclasses.replace(RUN, method=method)
+    train(params, run)
+    saved, history = load_torch(run.file("model.pt")), Path(run.file("history.json")).read_text()
+    checkpoint = Path(run.checkpoint)
     assert not checkpoint.exists()  # removed once the outputs are written
 
-    Path(RUN.file("model.pt")).unlink()
-    train(prepared, RUN, stop_after_epoch=1)  # "killed" after epoch 1
-    assert checkpoint.exists() and not Path(RUN.file("model.pt")).exists()
+    Path(run.file("model.pt")).unlink()
+    train(params, run, stop_after_epoch=1)  # "killed" after epoch 1
+    assert checkpoint.exists() and not Path(run.file("model.pt")).exists()
     assert load_torch(checkpoint)["epoch"] == 1
-    train(prepared, RUN)  # resumes at epoch 2
-    resumed = model_state(RUN)
-    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
-    assert Path(RUN.file("history.json")).read_text() == history
+    train(params, run)  # resumes at epoch 2
+    resumed = load_torch(run.file("model.pt"))
+    for key in ("model", "method"):
+        assert_same_tensors(saved[key], resumed[key])
+    assert Path(run.file("history.json")).read_text() == history
+
+
+def test_the_saved_model_keeps_the_teacher_not_its_optimiser(prepared):
+    run = dataclasses.replace(RUN, method="mwn")
+    train(with_method("mwn"), run)
+    saved = load_torch(run.file("model.pt"))
+    assert set(saved["method"]) == {"teacher"} and saved["method"]["teacher"]
+    best = saved["best_val"]  # its weights are kept only when it is not the final model
+    assert best["epoch"] in (1, 2) and (best["model"] is None) == (best["epoch"] == 2)
+
+
+def with_method(name: str):
+    """params.yaml with the method `name` (default settings) added."""
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["methods"].setdefault(name, {})
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load("params.yaml")
+
+
+def assert_same_tensors(a, b) -> None:
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same_tensors(a[key], b[key])
+    else:
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
 def test_a_killed_cell_redoes_no_finished_seed(prepared, capsys):
