@@ -186,10 +186,19 @@ class NoiseSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """An architecture of pipeline/models.py and its options (checked when the model is built)."""
+    """An architecture of pipeline/models.py and its options (their names are checked here,
+    their values when the model is built)."""
 
     arch: Literal["mlp", "lenet", "preact_resnet", "wrn", "text_bert"]
     options: dict = field(default_factory=dict)
+
+    def check(self, where: str) -> None:
+        from pipeline.models import check_options
+
+        try:
+            check_options(self.arch, self.options)
+        except ValueError as e:
+            raise ParamsError(f"{where}: {e}") from None
 
 
 @dataclass(frozen=True)

@@ -236,9 +236,29 @@ def _architecture(arch: str) -> type[nn.Module]:
     return ARCHITECTURES[arch]
 
 
+# constructor arguments that build_model sets from the data, never from params.yaml
+FROM_DATA = ("in_features", "in_channels", "image_size", "max_length", "num_classes")
+
+
+def check_options(arch: str, options: dict) -> None:
+    """ValueError unless `options` name only keyword arguments of `arch`'s class that the
+    data does not set, and all those without a default (their values are checked on build)."""
+    params = inspect.signature(_architecture(arch)).parameters
+    allowed = [name for name in params if name not in FROM_DATA]
+    for name in options:
+        if name in FROM_DATA:
+            raise ValueError(f"option {name!r} of arch {arch!r} is set from the data")
+        if name not in allowed:
+            raise ValueError(f"unknown option {name!r} for arch {arch!r}; it takes {allowed}")
+    missing = [n for n in allowed if n not in options and params[n].default is params[n].empty]
+    if missing:
+        raise ValueError(f"arch {arch!r} needs option(s) {missing}")
+
+
 def build_model(arch: str, in_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
     """The `arch` network for examples of shape `in_shape` ((C, H, W), (D,) or token ids (L,));
     `options` are the class's remaining keyword arguments (e.g. depth, width, hidden, dropout)."""
+    check_options(arch, options)
     cls = _architecture(arch)
     in_shape = tuple(in_shape)
     if arch == "text_bert":
@@ -252,16 +272,6 @@ def build_model(arch: str, in_shape: tuple[int, ...], num_classes: int, **option
         if cls is LeNet:
             derived["image_size"] = in_shape[1:]
     derived["num_classes"] = num_classes
-    params = inspect.signature(cls).parameters
-    allowed = [name for name in params if name not in derived]
-    for name in options:
-        if name in derived:
-            raise ValueError(f"option {name!r} of arch {arch!r} is set from in_shape/num_classes")
-        if name not in allowed:
-            raise ValueError(f"unknown option {name!r} for arch {arch!r}; it takes {allowed}")
-    missing = [n for n in allowed if n not in options and params[n].default is params[n].empty]
-    if missing:
-        raise ValueError(f"arch {arch!r} needs option(s) {missing}")
     return cls(**derived, **options)
 
 

@@ -72,6 +72,8 @@ def error_of(raw) -> str:
         (lambda r: r["profiles"].update(default=["tiny"]), "profiles.default"),
         (lambda r: r["noise"].update({"rate.5": {"kind": "none"}}), "noise.rate.5"),
         (lambda r: r["run"].update(device="tpu"), "run.device"),
+        (lambda r: r["models"]["mlp"].update(hiden=[8]), "models.mlp"),
+        (lambda r: r["models"]["mlp"].update(num_classes=3), "models.mlp"),
     ],
 )
 def test_mistakes_name_the_key(tiny_raw, edit, key):

@@ -63,7 +63,7 @@ def test_parameter_counts():
         ("wrn", (3, 32, 32), {"depth": 26}, "6n+4"),
         ("resnet", (3, 32, 32), {}, "unknown arch 'resnet'; known: mlp, lenet, preact_resnet, wrn"),
         ("mlp", (2,), {"widht": 3}, "unknown option 'widht' for arch 'mlp'"),
-        ("preact_resnet", (3, 32, 32), {"depth": 8, "in_channels": 1}, "set from in_shape"),
+        ("preact_resnet", (3, 32, 32), {"depth": 8, "in_channels": 1}, "set from the data"),
         ("preact_resnet", (3, 32, 32), {}, "needs option(s) ['depth']"),
         ("lenet", (2,), {}, "needs image inputs"),
         ("lenet", (1, 8, 8), {}, "at least 12x12"),
