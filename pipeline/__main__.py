@@ -1,7 +1,7 @@
 """One command line for both workflow engines: `python -m pipeline <stage> [options]`.
 
-Snakemake's rules and dvc.yaml call exactly these commands; each stage reads params.yaml
-(checked first) and writes its outputs atomically.
+Snakemake's rules and dvc.yaml call exactly these commands; each workflow stage reads
+params.yaml (checked first) and writes its outputs atomically.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def cmd_check(p, args) -> None:
 
 
 def cmd_dvc_yaml(p, args) -> None:
+    """Write dvc.yaml for params.yaml's profile (after changing the experiment grid)."""
     from pipeline.io import write_text
 
     write_text(plan.dvc_yaml(p), "dvc.yaml")
@@ -32,6 +33,7 @@ def cmd_dvc_yaml(p, args) -> None:
 
 
 def cmd_prepare(p, args) -> None:
+    """Load a dataset from its source into one tensor file."""
     from pipeline.data.sources import load_source
     from pipeline.io import save_torch
 
@@ -45,6 +47,7 @@ def cmd_prepare(p, args) -> None:
 
 
 def cmd_noise(p, args) -> None:
+    """Split a prepared dataset per seed and corrupt the training labels."""
     from pipeline.data import RawDataset
     from pipeline.io import load_torch, save_torch, write_json
     from pipeline.noise import make_split, summary
@@ -66,6 +69,7 @@ def _run(args) -> plan.Run:
 
 
 def cmd_train(p, args) -> None:
+    """Train one setting's student on every seed and score it on the test split."""
     from pipeline.train import train_cell
 
     train_cell(
@@ -81,6 +85,7 @@ def cmd_pretrain(p, args) -> None:
 
 
 def cmd_evaluate(p, args) -> None:
+    """Re-score one seed's saved model.pt into metrics.json."""
     from pipeline.evaluate import evaluate
 
     run = _run(args)
@@ -89,13 +94,14 @@ def cmd_evaluate(p, args) -> None:
 
 
 def cmd_report(p, args) -> None:
+    """An experiment's table (mean and 95 percent CI over seeds, beside the papers) and figure."""
     from pipeline.report import report
 
     print(report(p, args.experiment).to_string(index=False))
 
 
 def cmd_weights(p, args) -> None:
-    """Figure: the example weights of clean and corrupted examples (Ren et al. Figure 3)."""
+    """Figure of what the teachers produced: example weights, or DLF's Figures 3-4."""
     from pipeline.report import weights_figure
 
     weights_figure(p, args.experiment)
@@ -109,7 +115,7 @@ def cmd_regions(p, args) -> None:
 
 
 def cmd_bench(args) -> None:
-    """Step time and peak memory of the methods, or of DIR's reverse pass against B."""
+    """Step time and peak memory: the methods, the distillation methods, reverse passes."""
     from pipeline.bench import run
 
     run(args.suite, args.cases, args.steps, args.device, args.out)
@@ -121,7 +127,7 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
         default="steps",
         choices=["steps", "distill", "reverse"],
         help="steps: each method's step vs ERM; distill: the distillation methods on text "
-        "(LGTM Table 3); reverse: DIR's teacher update vs B",
+        "(LGTM Table 3); reverse: DIR's teacher update vs B and DLF's teacher step vs T",
     )
     parser.add_argument(
         "--cases",

@@ -9,7 +9,6 @@ import yaml
 from conftest import REPO
 
 from pipeline.config import (
-    DATASET_SOURCES,
     DatasetSpec,
     ExperimentSpec,
     NoiseSpec,
@@ -19,7 +18,6 @@ from pipeline.config import (
     load,
     parse,
 )
-from pipeline.data.sources import SOURCES
 
 
 def test_repository_params_are_valid():
@@ -104,10 +102,6 @@ def test_schema_and_dataclasses_agree():
     for cls, section in pairs:
         fields = {f.name for f in dataclasses.fields(cls)}
         assert set(section["additionalProperties"]["properties"]) == fields, cls.__name__
-    assert props["datasets"]["additionalProperties"]["properties"]["source"]["enum"] == list(
-        DATASET_SOURCES
-    )
-    assert set(DATASET_SOURCES) == set(SOURCES)
 
 
 def test_schema_rejects_what_config_rejects(tiny_raw):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -191,3 +192,13 @@ def test_teacher_references_are_checked(tiny_raw):
     }
     with pytest.raises(ParamsError, match="teachers.missing.method: a teacher's method needs no"):
         parse(tiny_raw)
+
+
+def test_every_stage_is_described_in_the_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    listing = capsys.readouterr().out.split("positional arguments:")[1]
+    described = re.findall(r"^    (\S+) +\S", listing, re.M)
+    stages = re.search(r"\{([a-z,-]+)\}", listing).group(1).split(",")
+    assert described == stages and "bench" in stages

