@@ -13,6 +13,7 @@ from pipeline.config import ScheduleSpec
 from pipeline.core.meta import lookahead_loss, params_of, tangent_only
 from pipeline.core.optim import sgd_step
 from pipeline.core.student import Student
+from pipeline.core.unroll import replayed_rng, rng_state
 from pipeline.methods import METHODS
 from pipeline.methods.base import Batch, Context
 from pipeline.methods.distill import distillation_losses
@@ -24,9 +25,11 @@ SCHEDULE = ScheduleSpec(epochs=1, batch_size=6, lr=0.1, momentum=0.9, weight_dec
 CLASSES = 3
 
 
-def tiny_bert(seed: int) -> TextClassifier:
+def tiny_bert(seed: int, dropout: float = 0.0) -> TextClassifier:
     torch.manual_seed(seed)
-    model = TextClassifier(10, CLASSES, hidden=16, layers=2, heads=2, vocab_size=110, dropout=0.0)
+    model = TextClassifier(
+        10, CLASSES, hidden=16, layers=2, heads=2, vocab_size=110, dropout=dropout
+    )
     return model.double()
 
 
@@ -47,8 +50,9 @@ def task() -> TaskData:
     )
 
 
-def make(name: str, data: TaskData, **kw):
-    student = Student(tiny_bert(0), SCHEDULE, 10)
+def make(name: str, data: TaskData, dropout: float = 0.0, **kw):
+    """The method `name` with a tiny student (dropout: the student's; the teacher has none)."""
+    student = Student(tiny_bert(0, dropout), SCHEDULE, 10)
     ctx = Context(student, data, SCHEDULE, generator("m", 0))
     ctx.pretrained["t"] = tiny_bert(1).requires_grad_(False).eval()
     cls = METHODS[name]
@@ -93,18 +97,20 @@ def test_exact_influence_equals_per_example_gradient_products(task):
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-14)
 
 
-def test_influence_teacher_gradient_and_finite_difference(task):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_influence_teacher_gradient_and_finite_difference(task, dropout):
     """The jvp route's teacher gradient equals double backward of
     -(1/B) sum_i <grad_theta D_i(T(omega)), v> (and so does the double_backward route); the
-    finite difference converges to it."""
+    finite difference converges to it. With dropout, every route replays the masks of the
+    student's forward."""
     batch = Batch(task.train_x[:6], task.train_y[:6], torch.arange(6))
 
     torch.manual_seed(3)
-    exact = make("lgtm", task, influence="jvp")
+    exact = make("lgtm", task, dropout, influence="jvp")
     model = exact.student.model
-    logits = model(batch.x)
     v = {k: torch.randn_like(p) for k, p in params_of(model).items()}
-    rng = (torch.get_rng_state(), None)
+    rng = rng_state(torch.device("cpu"))
+    logits = model(batch.x)
 
     def grad_of(value, teacher):
         grads = torch.autograd.grad(value, list(teacher.parameters()))
@@ -116,7 +122,7 @@ def test_influence_teacher_gradient_and_finite_difference(task):
     # the slow way: the gradient in theta with a graph, dotted with v, then differentiated
     teacher_logits = exact.teacher(batch.x)
     params = params_of(model)
-    with torch.enable_grad():
+    with torch.enable_grad(), replayed_rng(rng):
         loss = exact.distill(teacher_logits, model(batch.x))
         grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
         dot = sum((g * v[k]).sum() for g, k in zip(grads, params, strict=True))
@@ -124,7 +130,7 @@ def test_influence_teacher_gradient_and_finite_difference(task):
     assert slow.norm() > 1e-6
     torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-13)
     # the method's own double-backward route (the timing reference) is that same computation
-    reference = make("lgtm", task, influence="double_backward")
+    reference = make("lgtm", task, dropout, influence="double_backward")
     reference.teacher.load_state_dict(exact.teacher.state_dict())
     x, t = batch.x, reference.teacher(batch.x)
     routed = grad_of(reference.influence(x, logits.detach(), t, v, rng), reference.teacher)
@@ -132,7 +138,7 @@ def test_influence_teacher_gradient_and_finite_difference(task):
 
     errors = []
     for eps in (1e-1, 1e-2, 1e-3):
-        fd = make("lgtm", task, influence="fd", epsilon=eps)
+        fd = make("lgtm", task, dropout, influence="fd", epsilon=eps)
         fd.teacher.load_state_dict(exact.teacher.state_dict())
         grad = grad_of(
             fd.influence(batch.x, logits.detach(), fd.teacher(batch.x), v, rng), fd.teacher
@@ -142,10 +148,12 @@ def test_influence_teacher_gradient_and_finite_difference(task):
     assert errors[2] < 1e-6, errors
 
 
-def test_meta_distill_teacher_gradient_is_double_backward(task):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_meta_distill_teacher_gradient_is_double_backward(task, dropout):
     """dR(theta')/domega with theta' = step(theta, grad L_s(omega)), by the core's JVP route,
-    against double backward through the virtual step (float64)."""
-    method = make("meta_distill", task, alpha=0.7, temperature=2.0)
+    against double backward through the virtual step (float64). With dropout, both draw the
+    same masks from the same seed; the JVP replays the student forward's."""
+    method = make("meta_distill", task, dropout, alpha=0.7, temperature=2.0)
     model, student = method.student.model, method.student
     batch = Batch(task.train_x[:6], task.train_y[:6], torch.arange(6))
     method.step(Batch(task.train_x[6:], task.train_y[6:], torch.arange(6, 12)))  # momentum
@@ -154,8 +162,9 @@ def test_meta_distill_teacher_gradient_is_double_backward(task):
     method.ctx.generator.manual_seed(5)
 
     # slow: L_s(omega) -> grads with a graph -> theta' -> R(theta'), differentiated in omega
-    teacher_logits = method.teacher(batch.x)
+    teacher_logits = method.teacher(batch.x)  # no dropout: draws nothing
     params = params_of(model)
+    torch.manual_seed(7)
     loss = method.student_loss(model(batch.x), teacher_logits, batch.y)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
     grads = dict(zip(params, grads, strict=True))
@@ -171,6 +180,7 @@ def test_meta_distill_teacher_gradient_is_double_backward(task):
 
     method.update_teacher = capture
     method.val_batch = lambda size=None: (vx, vy)
+    torch.manual_seed(7)
     method.step(batch)
     for fast_g, slow_g in zip(captured["grads"], slow, strict=True):
         torch.testing.assert_close(fast_g, slow_g, rtol=1e-9, atol=1e-14)
@@ -197,13 +207,20 @@ def test_lgtm_updates_teacher_before_student(task):
 
 
 def test_virtual_step_is_the_students_rule(task):
-    """LGTM's v is the validation gradient at the real optimiser's look-ahead point."""
+    """LGTM's v is the validation gradient at the real optimiser's look-ahead point (after a
+    real step, so the momentum buffers are part of it)."""
     method = make("lgtm", task)
-    model = method.student.model
+    method.step(Batch(task.train_x[:6], task.train_y[:6], torch.arange(6)))
+    model, momentum = method.student.model, method.student.momentum()
+    assert momentum
     grads = {k: torch.randn_like(p) for k, p in params_of(model).items()}
     method.val_batch = lambda size=None: (task.val_x, task.val_y)
     v, r = method.validation_gradient(grads)
     theta = {k: p.detach() for k, p in params_of(model).items()}
-    moved, _ = sgd_step(theta, grads, {}, method.student.rule())
-    out = functional_call(model, moved, (task.val_x,))
-    torch.testing.assert_close(r, F.cross_entropy(out, task.val_y))
+    moved, _ = sgd_step(theta, grads, momentum, method.student.rule())
+    moved = {k: p.requires_grad_() for k, p in moved.items()}
+    loss = F.cross_entropy(functional_call(model, moved, (task.val_x,)), task.val_y)
+    torch.testing.assert_close(r, loss)
+    expected = torch.autograd.grad(loss, list(moved.values()))
+    for k, g in zip(moved, expected, strict=True):
+        torch.testing.assert_close(v[k], g, rtol=1e-12, atol=1e-15)

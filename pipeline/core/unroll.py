@@ -36,21 +36,22 @@ Objective = Callable[[Tensors], torch.Tensor]
 
 
 def rng_state(device: torch.device) -> dict:
-    """The random state before a step, so that its dropout masks can be replayed."""
+    """The random state before a forward, so that its dropout masks can be replayed."""
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
+        state["cuda"] = (device, torch.cuda.get_rng_state(device))
     return state
 
 
 @contextmanager
-def replayed_rng(state: dict, device: torch.device):
-    """Run a block with the random state of a recorded step, leaving the current one alone."""
-    devices = [device] if "cuda" in state else []
-    with torch.random.fork_rng(devices=devices):
+def replayed_rng(state: dict):
+    """Run a block from a recorded random state (a forward in it draws the recorded forward's
+    dropout masks), leaving the current state alone."""
+    device, cuda = state.get("cuda", (None, None))
+    with torch.random.fork_rng(devices=[device] if device is not None else []):
         torch.set_rng_state(state["cpu"])
-        if devices:
-            torch.cuda.set_rng_state(state["cuda"], device)
+        if device is not None:
+            torch.cuda.set_rng_state(cuda, device)
         yield
 
 

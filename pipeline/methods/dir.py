@@ -167,7 +167,7 @@ class DIR(Method):
         model = self.student.model
 
         def objective(theta):
-            with replayed_rng(record.rng, record.x.device):
+            with replayed_rng(record.rng):
                 outputs = functional_call(
                     model, (theta, buffer_copies(model)), (record.x,), {"states": True}
                 )

@@ -37,7 +37,6 @@ differentiates one function.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,6 +54,7 @@ from pipeline.core.meta import (
 )
 from pipeline.core.optim import sgd_step
 from pipeline.core.student import predict
+from pipeline.core.unroll import replayed_rng, rng_state
 from pipeline.methods.base import Batch, Method, MethodSettings
 
 
@@ -172,23 +172,6 @@ class DML(Distill):
         )
         self.update_teacher(teacher_loss)
         return {"loss": self.update_student(logits, batch), "teacher_loss": teacher_loss.detach()}
-
-
-@contextmanager
-def replayed_rng(state: tuple):
-    """Run a block with the random state `state` (from `rng_state`), then restore the current
-    one: a forward in it draws the same dropout masks as the forward that started there."""
-    cpu, cuda = state
-    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda is not None else []):
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state(cuda)
-        yield
-
-
-def rng_state(device: torch.device) -> tuple:
-    cuda = torch.cuda.get_rng_state() if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
 
 
 class MetaDistill(Distill):

@@ -197,7 +197,7 @@ class DLF(Method):
 
         def objective(theta):
             x, y = data.train_x[index], data.train_y[index]
-            with replayed_rng(rng, x.device):
+            with replayed_rng(rng):
                 logits = functional_call(model, (theta, buffer_copies(model)), (x,))
             return dynamic_loss(logits, y, self.teacher(state)).mean()
 
