@@ -230,17 +230,10 @@ def report(p: Params, experiment: str) -> pd.DataFrame:
     return summary
 
 
-def weights_figure(p: Params, experiment: str) -> None:
-    """What the teachers produced. For reweighting methods, the example weights half-way
-    through training, one panel per noise setting and method, seeds pooled: weight against
-    training loss coloured by label where the runs kept points (DIR Figure 2), else
-    histograms of the weights of clean and corrupted examples (Ren et al. Figure 3). For a
-    loss teacher (DLF), its Figures 3 and 4 (see _loss_teacher_figure)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def teacher_records(p: Params, experiment: str) -> tuple[dict, dict, dict]:
+    """What the runs of `experiment` recorded of their teachers, by (noise, method), seeds
+    pooled: weight points (loss, weight, label lists concatenated), weight histograms (counts
+    summed) and loss teachers' records (one per seed)."""
     hists: dict[tuple[str, str], dict] = {}
     points: dict[tuple[str, str], dict] = {}
     teachers: dict[tuple[str, str], list] = {}
@@ -262,6 +255,21 @@ def weights_figure(p: Params, experiment: str) -> None:
             )
             for key in ("clean", "noisy"):
                 total[key] = [a + b for a, b in zip(total[key], hist[key], strict=True)]
+    return points, hists, teachers
+
+
+def weights_figure(p: Params, experiment: str) -> None:
+    """What the teachers produced. For reweighting methods, the example weights half-way
+    through training, one panel per noise setting and method, seeds pooled: weight against
+    training loss coloured by label where the runs kept points (DIR Figure 2), else
+    histograms of the weights of clean and corrupted examples (Ren et al. Figure 3). For a
+    loss teacher (DLF), its Figures 3 and 4 (see _loss_teacher_figure)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points, hists, teachers = teacher_records(p, experiment)
     if teachers:
         return _loss_teacher_figure(teachers, plan.weights_figure_path(experiment))
     panels = points or hists

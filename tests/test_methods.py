@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import DatasetSpec, NoiseSpec, ScheduleSpec
 from pipeline.core.student import Student
@@ -170,12 +171,33 @@ def test_hard_mining_keeps_the_hardest_majority_examples():
     assert method.keep(losses, y).tolist() == [True, False, True, False, True, True]
 
 
-def test_bootstrap_targets():
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_bootstrap_targets(mode):
+    """Reed et al.: beta * CE(label) + (1 - beta) * CE(prediction held fixed): its entropy
+    (soft) or its argmax (hard); beta 1 is plain cross entropy."""
     data = digits_task(NoiseSpec(kind="none", val_size=100))
-    method = make_method("bootstrap", data, arch="mlp", mode="hard", beta=1.0)
-    reference = make_method("erm", data, arch="mlp")
     b = batch_of(data, 0)
-    assert torch.allclose(method.step(b)["loss"], reference.step(b)["loss"])  # beta 1 = CE
+    plain = make_method("bootstrap", data, arch="mlp", mode=mode, beta=1.0)
+    assert torch.allclose(
+        plain.step(b)["loss"], make_method("erm", data, arch="mlp").step(b)["loss"]
+    )
+
+    method = make_method("bootstrap", data, arch="mlp", mode=mode, beta=0.8)
+    params = list(method.student.model.parameters())
+    logits = method.student.model(b.x)
+    log_p = logits.log_softmax(-1)
+    fixed = log_p.detach().exp()
+    if mode == "hard":
+        second = F.cross_entropy(logits, fixed.argmax(-1))
+    else:
+        second = -(fixed * log_p).sum(-1).mean()
+    expected = 0.8 * F.cross_entropy(logits, b.y) + 0.2 * second
+    expected_grads = torch.autograd.grad(expected, params)
+    captured = {}
+    method.student.update = lambda loss: captured.update(grads=torch.autograd.grad(loss, params))
+    torch.testing.assert_close(method.step(b)["loss"], expected.detach())
+    for got, want in zip(captured["grads"], expected_grads, strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_bench_writes_relative_figures(tmp_path):

@@ -112,24 +112,48 @@ def test_variant_chosen_on_validation_per_seed(workdir, tiny_raw):
 
 
 def test_weights_figure_scatters_weight_against_loss(workdir, tiny_raw):
+    """DIR Figure 2: one panel per (noise, method), the seeds' points pooled."""
     from pipeline import plan
     from pipeline.io import write_json
-    from pipeline.report import weights_figure
+    from pipeline.report import teacher_records, weights_figure
 
     tiny_raw["experiments"]["tiny"]["weights_figure"] = True
     p = parse(tiny_raw)
     for run in plan.runs(p, "tiny"):
-        points = {"loss": [0.1, 2.0, 0.5], "weight": [1.2, 0.4, 1.0], "label": [0, 1, 2]}
+        points = {"loss": [0.1, 2.0], "weight": [1.2, run.seed], "label": [0, 1]}
         write_json({"weight_points": points}, run.file("metrics.json"))
+    points, hists, teachers = teacher_records(p, "tiny")
+    assert not hists and not teachers
+    assert points == {
+        (noise, "erm"): {"loss": [0.1, 2.0] * 2, "weight": [1.2, 0, 1.2, 1], "label": [0, 1] * 2}
+        for noise in ("clean", "uniform40")
+    }
     weights_figure(p, "tiny")
     png = workdir / plan.weights_figure_path("tiny")
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_weights_figure_histograms_sum_the_seeds(workdir, tiny_raw):
+    """Ren et al. Figure 3: the weights of clean and corrupted examples, counts over seeds."""
+    from pipeline import plan
+    from pipeline.io import write_json
+    from pipeline.report import teacher_records, weights_figure
+
+    p = parse(tiny_raw)
+    for run in plan.runs(p, "tiny"):
+        hist = {"edges": [0, 0.5, 1], "clean": [1, 2, run.seed], "noisy": [3, 0, 1]}
+        write_json({"weight_histogram": hist}, run.file("metrics.json"))
+    points, hists, _ = teacher_records(p, "tiny")
+    assert not points and set(hists) == {("clean", "erm"), ("uniform40", "erm")}
+    assert hists["clean", "erm"] == {"edges": [0, 0.5, 1], "clean": [2, 4, 1], "noisy": [6, 0, 2]}
+    weights_figure(p, "tiny")
+    assert (workdir / plan.weights_figure_path("tiny")).read_bytes()[:4] == b"\x89PNG"
+
+
 def test_loss_teacher_figure_from_recorded_history(workdir, tiny_raw):
     from pipeline import plan
     from pipeline.io import write_json
-    from pipeline.report import weights_figure
+    from pipeline.report import teacher_records, weights_figure
 
     tiny_raw["experiments"]["tiny"]["weights_figure"] = True
     p = parse(tiny_raw)
@@ -139,6 +163,8 @@ def test_loss_teacher_figure_from_recorded_history(workdir, tiny_raw):
     for run in plan.runs(p, "tiny"):
         teacher = {"teacher_history": history, "loss_coefficients": snaps}
         write_json({"teacher": teacher}, run.file("metrics.json"))
+    _, _, teachers = teacher_records(p, "tiny")
+    assert teachers[("clean", "erm")] == [teacher, teacher]  # one record per seed
     weights_figure(p, "tiny")
     assert (workdir / plan.weights_figure_path("tiny")).read_bytes()[:4] == b"\x89PNG"
 

