@@ -17,7 +17,7 @@ import torch
 
 from pipeline.augment import augment
 from pipeline.config import Params
-from pipeline.core.student import Student, accuracy, cross_entropy
+from pipeline.core.student import Student, accuracy, cross_entropy, predict
 from pipeline.io import Progress, load_torch, log, save_torch, write_json
 from pipeline.methods import METHODS
 from pipeline.methods.base import Batch, Context
@@ -83,12 +83,13 @@ def finetune(student: Student, data: TaskData, steps: int, seed: int) -> dict:
 
 
 def validation_figures(model: torch.nn.Module, data: TaskData, method) -> dict:
-    """The student's validation accuracy and what the method adds (a learning teacher's
-    validation loss and accuracy), in eval mode: no random state is drawn, so recording them
-    more often leaves training unchanged."""
+    """The student's validation accuracy and what the method adds from the same logits (e.g.
+    a learning teacher's validation loss and accuracy), in eval mode: no random state is
+    drawn, so recording them more often leaves training unchanged."""
+    logits = predict(model, data.val_x)
     return {
-        "val_acc": round(accuracy(model, data.val_x, data.val_y), 6),
-        **method.validation_metrics(),
+        "val_acc": round(accuracy(logits, data.val_y), 6),
+        **method.validation_metrics(logits),
     }
 
 

@@ -53,7 +53,7 @@ from pipeline.core.meta import (
     teacher_surrogate,
 )
 from pipeline.core.optim import sgd_step
-from pipeline.core.student import predict
+from pipeline.core.student import accuracy, predict
 from pipeline.core.unroll import replayed_rng, rng_state
 from pipeline.methods.base import Batch, Method, MethodSettings
 
@@ -134,15 +134,15 @@ class Distill(Method):
         self.student.update(loss)
         return loss.detach()
 
-    def validation_metrics(self) -> dict:
+    def validation_metrics(self, student_logits: torch.Tensor) -> dict:
         """Validation loss of the student, and of the teacher where it learns (Figure 2)."""
         data = self.ctx.data
-        logits = predict(self.student.model, data.val_x, 256)
-        out = {"student_val_loss": round(float(F.cross_entropy(logits, data.val_y)), 6)}
+        loss = F.cross_entropy(student_logits, data.val_y)
+        out = {"student_val_loss": round(float(loss), 6)}
         if self.trains_teacher:
             t = predict(self.teacher, data.val_x, 256)
             out["teacher_val_loss"] = round(float(F.cross_entropy(t, data.val_y)), 6)
-            out["teacher_val_acc"] = round(float((t.argmax(1) == data.val_y).double().mean()), 6)
+            out["teacher_val_acc"] = round(accuracy(t, data.val_y), 6)
         return out
 
     def state_dict(self) -> dict:

@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call
 
 from pipeline.core.meta import buffer_copies, params_of
-from pipeline.core.student import Student, predict
+from pipeline.core.student import Student, accuracy, predict
 from pipeline.core.unroll import Step, backward_through_steps, replayed_rng, rng_state
 from pipeline.io import log
 from pipeline.methods.base import Batch, Method, MethodSettings
@@ -182,11 +182,10 @@ class DLF(Method):
         for p, grad in zip(self.teacher.parameters(), grads, strict=True):
             p.grad = grad
         self.optimizer.step()
-        accuracy = float((logits.argmax(1) == data.val_y).double().mean())
         return {
             "teacher_step": k + 1,
             "dev_expected_accuracy": round(float(measure.detach()), 6),
-            "dev_accuracy": round(accuracy, 6),
+            "dev_accuracy": round(accuracy(logits, data.val_y), 6),
         }
 
     def replay(self, model, index, state, rng):
