@@ -175,12 +175,14 @@ class ModelSpec:
     """An architecture of pipeline/models.py and its options (their names are checked here,
     their values when the model is built)."""
 
-    arch: Literal["mlp", "lenet", "preact_resnet", "wrn", "text_bert"]
+    arch: str  # pipeline/models.py ARCH_NAMES
     options: dict = field(default_factory=dict)
 
     def check(self, where: str) -> None:
-        from pipeline.models import check_options
+        from pipeline.models import ARCH_NAMES, check_options
 
+        if self.arch not in ARCH_NAMES:
+            raise ParamsError(f"{where}.arch: {self.arch!r} is not one of {', '.join(ARCH_NAMES)}")
         try:
             check_options(self.arch, self.options)
         except ValueError as e:

@@ -226,13 +226,16 @@ ARCHITECTURES: dict[str, type[_Student]] = {  # the arch names of params.yaml
 }
 
 
+ARCH_NAMES = (*ARCHITECTURES, "text_bert")  # text_bert: pipeline/text_models.py
+
+
 def _architecture(arch: str) -> type[nn.Module]:
     if arch == "text_bert":  # imported here: pipeline.text_models builds on this module
         from pipeline.text_models import TextClassifier
 
         return TextClassifier
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCHITECTURES)}, text_bert")
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCH_NAMES)}")
     return ARCHITECTURES[arch]
 
 

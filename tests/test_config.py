@@ -70,6 +70,7 @@ def error_of(raw) -> str:
         (lambda r: r["profiles"].update(default=["tiny"]), "profiles.default"),
         (lambda r: r["noise"].update({"rate.5": {"kind": "none"}}), "noise.rate.5"),
         (lambda r: r["run"].update(device="tpu"), "run.device"),
+        (lambda r: r["models"]["mlp"].update(arch="mpl"), "models.mlp.arch"),
         (lambda r: r["models"]["mlp"].update(hiden=[8]), "models.mlp"),
         (lambda r: r["models"]["mlp"].update(num_classes=3), "models.mlp"),
     ],
