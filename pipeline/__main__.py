@@ -12,8 +12,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from pipeline import plan
-from pipeline.config import PARAMS_FILE, ParamsError, load
+from pipeline import numerics, plan
+from pipeline.config import PARAMS_FILE, ParamsError, load, load_run
 
 
 def cmd_check(p, args) -> None:
@@ -34,12 +34,9 @@ def cmd_dvc_yaml(p, args) -> None:
 
 def cmd_prepare(p, args) -> None:
     """Load a dataset from its source into one tensor file."""
-    from pipeline.data.sources import load_source
-    from pipeline.io import save_torch
+    from pipeline.data.sources import prepare
 
-    data = load_source(p.datasets[args.dataset])
-    data.name = args.dataset
-    save_torch(data.to_dict(), plan.prepared_path(args.dataset))
+    data = prepare(p, args.dataset)
     print(
         f"prepared {args.dataset}: {len(data.y)} examples, {data.num_classes} classes, "
         f"{int(data.is_test.sum())} in the official test split"
@@ -48,16 +45,10 @@ def cmd_prepare(p, args) -> None:
 
 def cmd_noise(p, args) -> None:
     """Split a prepared dataset per seed and corrupt the training labels."""
-    from pipeline.data import RawDataset
-    from pipeline.io import load_torch, save_torch, write_json
-    from pipeline.noise import make_split, summary
+    from pipeline.noise import write_splits
 
-    data = RawDataset.from_dict(load_torch(plan.prepared_path(args.dataset)))
-    for seed in args.seeds:
-        split = make_split(data, p.datasets[args.dataset], p.noise[args.noise], seed)
-        save_torch(split, plan.split_path(args.dataset, args.noise, seed))
-        info = summary(split)
-        write_json(info, plan.split_summary_path(args.dataset, args.noise, seed))
+    infos = write_splits(p, args.dataset, args.noise, args.seeds)
+    for seed, info in zip(args.seeds, infos, strict=True):
         print(
             f"split {args.dataset}/{args.noise}/seed{seed}: {info['sizes']}, "
             f"realised noise rate {info['realised_rate']:.4f}"
@@ -112,6 +103,13 @@ def cmd_regions(p, args) -> None:
     from pipeline.regions import regions_figures
 
     regions_figures(p, args.experiment)
+
+
+def cmd_verify(p, args) -> int:
+    """Retrain one committed run per method kind and compare it with the committed files."""
+    from pipeline.verify import verify
+
+    return verify(p, args.kinds.split(",") if args.kinds else None)
 
 
 def cmd_bench(args) -> None:
@@ -185,6 +183,12 @@ STAGES = {
     "report": (cmd_report, lambda s: s.add_argument("--experiment", required=True)),
     "weights": (cmd_weights, lambda s: s.add_argument("--experiment", required=True)),
     "regions": (cmd_regions, lambda s: s.add_argument("--experiment", required=True)),
+    "verify": (
+        cmd_verify,
+        lambda s: s.add_argument(
+            "--kinds", help="method kinds to check, e.g. erm,l2rw (default: every kind)"
+        ),
+    ),
     "bench": (cmd_bench, _bench_args),
 }
 
@@ -216,16 +220,16 @@ def main(argv: list[str] | None = None) -> int:
         cmd_bench(args)
         return 0
     try:
+        numerics.pin(load_run(args.params).cpu_numerics)  # before anything loads torch
         p = load(args.params)
         _check_names(p, args)
         stage_args = {k: v for k, v in vars(args).items() if k not in ("params", "stage")}
         job = plan.job_for(p, args.stage, stage_args)
         with tee_output(job.log if job else None):
-            STAGES[args.stage][0](p, args)
+            return STAGES[args.stage][0](p, args) or 0
     except (ParamsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 class _Tee:

@@ -87,6 +87,7 @@ def _positive(where: str, **values: float | None) -> None:
 class RunSpec:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 1
+    cpu_numerics: Literal["portable", "fast"] = "portable"  # see pipeline/numerics.py
 
     def check(self, where: str) -> None:
         _positive(where, threads=self.threads)
@@ -444,14 +445,24 @@ def _check_references(p: Params) -> None:
                     )
 
 
-def load(path: str | Path = PARAMS_FILE) -> Params:
+def _read(path: str | Path) -> dict:
     import yaml  # imported here: `bench` runs on machines with torch alone
 
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the repository root)")
     try:
-        raw = read_yaml(path)
+        return read_yaml(path)
     except yaml.YAMLError as e:
         raise ParamsError(f"{path}: not valid YAML: {e}") from e
-    return parse(raw)
+
+
+def load(path: str | Path = PARAMS_FILE) -> Params:
+    return parse(_read(path))
+
+
+def load_run(path: str | Path = PARAMS_FILE) -> RunSpec:
+    """The `run` section alone, checked: what a stage needs before torch loads (checking
+    the dataset sources imports the loaders, and with them torch)."""
+    raw = _read(path)
+    return build(RunSpec, raw.get("run") if isinstance(raw, dict) else None, "run")

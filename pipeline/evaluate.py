@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import platform
 
 import torch
 
+from pipeline import numerics
 from pipeline.config import Params
 from pipeline.core.student import predict
 from pipeline.io import git_revision, load_torch, write_json
@@ -30,6 +32,16 @@ def classification_metrics(pred: torch.Tensor, y: torch.Tensor, num_classes: int
         "error": round(100 * (1 - acc), 4),
         "macro_f1": round(100 * sum(f1s) / len(f1s), 4),
     }
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and bytes: the trained weights' bits in
+    metrics.json, which `verify` compares (its figures are rounded)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(state.items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def weight_histogram(sample: dict, edges: tuple = (0, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6)) -> dict:
@@ -74,7 +86,7 @@ def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
     """Score a run's saved model on the test split (`data`: the run's task, when loaded)."""
     device = pick_device(p.run.device)
     if device.type == "cpu":
-        torch.set_num_threads(p.run.threads)
+        numerics.configure(p.run.threads)
     data = data or load_task(run.dataset, run.noise, run.seed, device)
     spec = p.models[run.model]
     model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options).to(device)
@@ -93,12 +105,14 @@ def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
         "test": test,
         "val_accuracy": val["accuracy"],
         "sizes": {"train": len(data.train_y), "val": len(data.val_y), "test": len(data.test_y)},
+        "model_sha256": state_digest(saved["model"]),
         "settings": settings_of(p, run),
         "provenance": {
             "git": git_revision(),
             "torch": torch.__version__,
             "python": platform.python_version(),
             "device": device.type,
+            **numerics.provenance(),
         },
     }
     best = saved["best_val"]  # absent after fine-tuning, which follows the last epoch

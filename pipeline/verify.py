@@ -1,0 +1,196 @@
+"""The verify command: retrain a sample of the committed runs and compare them with the files.
+
+One run per method kind of the active profile (the one that sees the fewest training
+examples, first seed), with the pretrained teachers it needs, retrained from the prepared data
+in a scratch directory, so nothing of the repository is touched. Where the committed run and
+the new one were both made on a CPU with portable numerics the comparison is exact: every
+figure of history.json and metrics.json (the trained weights' SHA-256 included) must be equal.
+Otherwise (fast numerics or a GPU, on either side) numbers must agree within TOLERANCE.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline import plan
+from pipeline.config import Params
+from pipeline.io import log, read_json
+
+TOLERANCE = 0.02  # relative, absolute for values below 1: what fast numerics or a GPU keep
+IGNORED = {("provenance", "git")}  # the commit that made the file, not its result
+INPUTS = (
+    "results/data/external",
+    "results/data/torchvision",
+    "results/data/glue",
+    "results/models",
+)
+
+
+def steps_seen(run: plan.Run) -> float:
+    """A committed run's student steps (its history's last step); inf when it has none."""
+    path = Path(run.file("history.json"))
+    if not path.exists():
+        return math.inf
+    return max(r.get("step", 0) for r in read_json(path))
+
+
+def sample(p: Params, kinds: list[str] | None = None) -> list[plan.Run]:
+    """Per method kind, the committed run of the profile that saw the fewest training
+    examples (ties: the first in name order), on the profile's first seed."""
+    best: dict[str, tuple[float, str, plan.Run]] = {}
+    for experiment in p.active_experiments:
+        for run in plan.runs(p, experiment):
+            kind = p.method_kind(run.method)
+            if run.seed != p.seeds[0] or (kinds and kind not in kinds):
+                continue
+            cost = steps_seen(run) * p.schedules[run.schedule].batch_size
+            if kind not in best or (cost, run.name) < best[kind][:2]:
+                best[kind] = (cost, run.name, run)
+    missing = sorted(set(kinds or ()) - set(best))
+    if missing:
+        raise ValueError(f"no run of the profile has method kind {', '.join(missing)}")
+    return [best[k][2] for k in sorted(best)]
+
+
+def differences(new, old, exact: bool, path: str = "") -> Iterator[str]:
+    """Where two JSON values differ: exactly, or beyond TOLERANCE for numbers."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            here = f"{path}.{key}" if path else key
+            if tuple(here.split(".")) in IGNORED or (not exact and key in NOT_COMPARED):
+                continue
+            if key not in old or key not in new:
+                yield f"{here}: only in the {'new' if key in new else 'committed'} run"
+            else:
+                yield from differences(new[key], old[key], exact, here)
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(new, old, strict=True)):
+            yield from differences(a, b, exact, f"{path}[{i}]")
+    elif _number(old) and _number(new) and not exact:
+        if abs(new - old) > TOLERANCE * max(1.0, abs(old)):
+            yield f"{path}: {new} vs {old}"
+    elif new != old:
+        yield f"{path}: {_short(new)} vs {_short(old)}"
+
+
+NOT_COMPARED = {"model_sha256", "provenance"}  # what differs by design without exact numerics
+
+
+def _number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def exact_pair(new: dict, old: dict) -> bool:
+    """Both runs made on a CPU with portable numerics: then their bits must agree."""
+    return all(
+        m["provenance"].get("cpu_numerics") == "portable" and m["provenance"]["device"] == "cpu"
+        for m in (new, old)
+    )
+
+
+def teacher_runs(p: Params, run: plan.Run) -> list[plan.TeacherRun]:
+    """The pretrained teacher a run needs, on its seed's split (none for most methods)."""
+    teacher = p.teacher_of(run.method)
+    return plan.teacher_runs(p, teacher, run.dataset, run.noise, [run.seed]) if teacher else []
+
+
+@contextmanager
+def scratch_directory(repo: Path) -> Iterator[Path]:
+    """A working directory with the repository's raw inputs linked in, removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="verify-"))
+    try:
+        for name in INPUTS:
+            if (repo / name).exists():
+                (path / name).parent.mkdir(parents=True, exist_ok=True)
+                (path / name).symlink_to(repo / name)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def retrain(p: Params, run: plan.Run, prepared: set, split: set) -> None:
+    """A run and its inputs from scratch in the current directory (teachers first)."""
+    from pipeline.data.sources import prepare
+    from pipeline.noise import write_splits
+    from pipeline.train import train_runs
+
+    if run.dataset not in prepared:
+        prepare(p, run.dataset)
+        prepared.add(run.dataset)
+    if (run.dataset, run.noise, run.seed) not in split:
+        write_splits(p, run.dataset, run.noise, [run.seed])
+        split.add((run.dataset, run.noise, run.seed))
+    for source in teacher_runs(p, run):
+        if not Path(source.file("model.pt")).exists():
+            train_runs(p, [source])
+    train_runs(p, [run])
+
+
+def compare(run: plan.Run, repo: Path) -> tuple[list[str], list[str]]:
+    """Differences of the run retrained here from the committed one in `repo`: (in any bit,
+    beyond what the comparison allows: nothing when both runs used portable numerics on a
+    CPU, TOLERANCE otherwise). Its noise split's summary must be equal."""
+    bits: list[str] = []
+    allowed: list[str] = []
+    exact = exact_pair(
+        read_json(run.file("metrics.json")), read_json(repo / run.file("metrics.json"))
+    )
+    for name in ("metrics.json", "history.json"):
+        new, old = read_json(run.file(name)), read_json(repo / run.file(name))
+        bits += [f"{name} {d}" for d in differences(new, old, exact=True)]
+        allowed += [f"{name} {d}" for d in differences(new, old, exact=exact)]
+    split = plan.split_summary_path(run.dataset, run.noise, run.seed)
+    if (repo / split).exists():
+        found = [
+            f"{split} {d}" for d in differences(read_json(split), read_json(repo / split), True)
+        ]
+        bits, allowed = bits + found, allowed + found
+    return bits, allowed
+
+
+def verify(p: Params, kinds: list[str] | None = None) -> int:
+    """Retrain the sample and print one line per run; 1 if any run differs, else 0."""
+    repo = Path.cwd()
+    runs = sample(p, kinds)
+    for run in runs:
+        for name in ("history.json", "metrics.json"):
+            if not Path(run.file(name)).exists():
+                raise FileNotFoundError(f"{run.file(name)}: no committed run to compare with")
+    print(f"verify: {len(runs)} runs, one per method kind, retrained from scratch")
+    failed = 0
+    prepared: set = set()
+    split: set = set()
+    with scratch_directory(repo) as scratch:
+        os.chdir(scratch)
+        try:
+            for run in runs:
+                log(f"verify: retraining {run.name}")
+                retrain(p, run, prepared, split)
+                bits, found = compare(run, repo)
+                for source in teacher_runs(p, run):
+                    if (repo / source.file("metrics.json")).exists():
+                        more = compare(source, repo)
+                        bits, found = bits + more[0], found + more[1]
+                verdict = "DIFFERS" if found else "within tolerance" if bits else "same bits"
+                failed += bool(found)
+                print(f"{verdict:16} {p.method_kind(run.method):14} {run.name}")
+                shown = found or bits  # what fails, else what differs within tolerance
+                for line in shown[:5]:
+                    print(f"{'':18}{line}")
+                if len(shown) > 5:
+                    print(f"{'':18}... and {len(shown) - 5} more")
+        finally:
+            os.chdir(repo)
+    print(f"verify: {len(runs) - failed} of {len(runs)} runs agree, {failed} differ")
+    return 1 if failed else 0
