@@ -68,10 +68,17 @@ def chosen_on_validation(exp, runs: list) -> list[dict]:
     ]
 
 
+# Seeds of one cell further apart than this (points of the metric) ended in different regimes
+# (one collapsed to the majority class, say): the table marks the cell and lists every seed.
+UNSTABLE_RANGE = 10.0
+
+
 def summarise(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Per (noise, method): seed count, mean, 95% CI and each seed's value in seed order."""
     rows = []
     for (noise, method), group in runs.groupby(["noise", "method"], sort=False):
-        mean, ci = mean_ci95(group[metric].tolist())
+        values = group.sort_values("seed")[metric].tolist()
+        mean, ci = mean_ci95(values)
         rows.append(
             {
                 "noise": noise,
@@ -79,9 +86,20 @@ def summarise(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
                 "seeds": len(group),
                 f"{metric}_mean": round(mean, 2),
                 f"{metric}_ci95": round(ci, 2),
+                f"{metric}_per_seed": " ".join(f"{v:.2f}" for v in values),
             }
         )
     return pd.DataFrame(rows)
+
+
+def unstable(summary: pd.DataFrame, metric: str = "accuracy") -> dict[tuple[str, str], str]:
+    """(noise, method) -> per-seed values, for the cells whose seeds span > UNSTABLE_RANGE."""
+    out = {}
+    for _, r in summary.iterrows():
+        values = [float(v) for v in r[f"{metric}_per_seed"].split()]
+        if max(values) - min(values) > UNSTABLE_RANGE:
+            out[r.noise, r.method] = ", ".join(f"{v:.2f}" for v in values)
+    return out
 
 
 def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "accuracy") -> str:
@@ -90,8 +108,10 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
     exp = p.experiments[experiment]
     reported = reported_numbers()
     papers = [reported[name] for name in exp.reported]
+    spread = unstable(summary, metric)
     cell = {
         (r.noise, r.method): f"{r[f'{metric}_mean']:.2f} ± {r[f'{metric}_ci95']:.2f}"
+        + (" †" if (r.noise, r.method) in spread else "")
         for _, r in summary.iterrows()
     }
     ours = list(dict.fromkeys(summary["method"]))
@@ -123,6 +143,13 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
         values = [cell.get((n, row), "—") for n in exp.noise]
         values += [paper_value(paper, row) for paper in papers]
         lines.append(f"| {label} | " + " | ".join(values) + " |")
+    if spread:
+        lines += [
+            "",
+            f"† unstable: seeds more than {UNSTABLE_RANGE:g} points apart; per seed "
+            f"({', '.join(map(str, p.seeds))}):",
+        ]
+        lines += [f"- {method}, {noise}: {values}" for (noise, method), values in spread.items()]
     lines += [""] + [f"[{i + 1}] {paper['label']}" for i, paper in enumerate(papers)]
     return "\n".join(lines).rstrip() + "\n"
 

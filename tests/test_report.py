@@ -48,6 +48,28 @@ def test_markdown_puts_papers_beside_ours(tiny_raw):
     assert lines[-1].startswith("[1] Ren et al. 2018 Table 1")
 
 
+def test_seeds_far_apart_are_marked_and_listed(tiny_raw):
+    """A cell whose seeds span more than UNSTABLE_RANGE points gets a dagger and its seeds
+    under the table (in seed order, whatever the row order); the CSV lists every seed."""
+    p = parse(tiny_raw)
+    runs = pd.DataFrame(
+        [
+            {"noise": "clean", "method": "erm", "seed": 1, "accuracy": 49.45},
+            {"noise": "clean", "method": "erm", "seed": 0, "accuracy": 98.34},
+            {"noise": "uniform40", "method": "erm", "seed": 0, "accuracy": 80.0},
+            {"noise": "uniform40", "method": "erm", "seed": 1, "accuracy": 90.0},
+        ]
+    )
+    summary = summarise(runs)
+    assert summary["accuracy_per_seed"].tolist() == ["98.34 49.45", "80.00 90.00"]
+    lines = markdown(p, "tiny", summary).splitlines()
+    assert "| erm | 73.90 ± 310.60 † | 85.00 ± 63.53 |" in lines  # 10 points apart: stable
+    assert "- erm, clean: 98.34, 49.45" in lines
+    assert any(line.startswith("† unstable: seeds more than 10 points apart") for line in lines)
+    calm = markdown(p, "tiny", summarise(runs[runs.noise == "uniform40"]))
+    assert "†" not in calm
+
+
 def test_a_papers_method_kind_goes_on_our_only_variant_of_it(tiny_raw):
     """The paper's L2RW number lands on l2rw_fast (our sole l2rw variant), not as a
     "(reported)" row; with two variants neither gets it."""

@@ -1,0 +1,123 @@
+"""Portable CPU numerics: the same bits whatever kernels the machine would pick, and a verify
+command that retrains committed runs and finds where they differ."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from pipeline import numerics
+
+# What a different machine would pick: torch's kernel level and MKL's instruction set (as far
+# as this CPU has them; MKL ignores MKL_ENABLE_INSTRUCTIONS on AMD processors).
+MACHINES = (
+    {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    {"ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+)
+needs_portable = pytest.mark.skipif(
+    numerics.portable_unavailable() is not None, reason="portable numerics need x86-64 + AVX2"
+)
+
+
+def stage(*args: str, machine: dict) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in (*MACHINES[0], *numerics.PORTABLE_ENV)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        env={**env, **machine, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+    )
+
+
+def set_numerics(mode: str, arch: str = "mlp") -> None:
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["run"]["cpu_numerics"] = mode
+    raw["models"]["conv"] = {"arch": "preact_resnet", "depth": 8, "width": 4}
+    raw["experiments"]["tiny"]["model"] = arch
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def train_tiny(machine: dict, model: str = "mlp") -> dict[str, bytes]:
+    """The tiny profile's clean runs of `model` (both seeds): their result files' bytes."""
+    for args in (
+        ("prepare", "--dataset", "digits"),
+        ("noise", "--dataset", "digits", "--noise", "clean", "--seeds", "0,1"),
+        ("train", "--dataset", "digits", "--model", model, "--schedule", "short",
+         "--noise", "clean", "--method", "erm", "--seeds", "0,1"),
+    ):  # fmt: skip
+        out = stage(*args, machine=machine)
+        assert out.returncode == 0, out.stderr[-2000:]
+    files = sorted(Path("results/runs").rglob("*.json"))
+    return {str(f): f.read_bytes() for f in files}
+
+
+@needs_portable
+@pytest.mark.parametrize("model", ["mlp", "conv"])
+def test_portable_runs_are_byte_identical_across_kernel_choices(workdir, model):
+    set_numerics("portable", model)
+    first = train_tiny(MACHINES[0], model)
+    second = train_tiny(MACHINES[1], model)
+    assert len(first) == 4 and first == second
+    metrics = yaml.safe_load(next(v for k, v in first.items() if k.endswith("metrics.json")))
+    assert metrics["provenance"]["cpu_numerics"] == "portable"
+    assert metrics["provenance"]["mkl_cbwr"] == "COMPATIBLE,STRICT"
+    assert metrics["provenance"]["onednn"] is False
+
+
+@needs_portable
+def test_fast_runs_follow_the_kernels_and_verify_says_so(workdir):
+    """Without the pin the kernel choice reaches the weights; verify then compares within its
+    tolerance and names what differs in bits. With the pin, verify finds the same bits."""
+    set_numerics("fast")
+    train_tiny(MACHINES[1])
+    out = stage("verify", machine=MACHINES[0])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "within tolerance" in out.stdout and "model_sha256" in out.stdout
+    set_numerics("portable")
+    train_tiny(MACHINES[1])
+    out = stage("verify", machine=MACHINES[0])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "same bits        erm" in out.stdout and "1 of 1 runs agree" in out.stdout
+
+
+@needs_portable
+def test_verify_names_a_run_that_differs(workdir):
+    set_numerics("portable")
+    train_tiny(MACHINES[0])
+    history = Path("results/runs/digits/mlp/short/clean/erm/seed0/history.json")
+    history.write_text(history.read_text().replace('"val_acc": 0.', '"val_acc": 1.', 1))
+    out = stage("verify", machine=MACHINES[0])
+    assert out.returncode == 1
+    assert "DIFFERS" in out.stdout and "digits-mlp-short-clean-erm-seed0" in out.stdout
+    assert "history.json [0].val_acc" in out.stdout
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 CPU flags")
+def test_portable_needs_avx2_and_fma(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse sse2 avx\n")
+    assert numerics.portable_unavailable(str(info)) == "the CPU lacks avx2, fma"
+    info.write_text("flags\t\t: fpu sse avx avx2 fma\n")
+    assert numerics.portable_unavailable(str(info)) is None
+    assert "cannot read" in numerics.portable_unavailable(str(tmp_path / "none"))
+
+
+def test_pin_after_torch_loaded_warns_and_records_what_runs(monkeypatch):
+    import torch  # noqa: F401  (loaded, as in a test process)
+
+    for key in numerics.PORTABLE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    saved = numerics.in_effect()
+    try:
+        with pytest.warns(UserWarning, match="already loaded"):
+            assert numerics.pin("portable") == "fast" == numerics.in_effect()
+        assert "ATEN_CPU_CAPABILITY" not in os.environ  # torch has read it already
+    finally:
+        numerics._in_effect = saved
