@@ -1,8 +1,8 @@
 """The verify command: retrain a sample of the committed runs and compare them with the files.
 
-One run per method kind of the active profile (the one that sees the fewest training
-examples, first seed), with the pretrained teachers it needs, retrained from the prepared data
-in a scratch directory, so nothing of the repository is touched. Where the committed run and
+One run per method kind of the active profile (the cheapest to retrain, see `sample`), with
+the pretrained teachers it needs, retrained from the raw data in a scratch directory, so
+nothing of the repository is touched. Where the committed run and
 the new one were both made on a CPU with portable numerics the comparison is exact: every
 figure of history.json and metrics.json (the trained weights' SHA-256 included) must be equal.
 Otherwise (fast numerics or a GPU, on either side) numbers must agree within TOLERANCE.
@@ -24,6 +24,7 @@ from pipeline.io import log, read_json
 
 TOLERANCE = 0.02  # relative, absolute for values below 1: what fast numerics or a GPU keep
 IGNORED = {("provenance", "git")}  # the commit that made the file, not its result
+ARCH_COST = ("mlp", "lenet", "preact_resnet", "wrn", "text_bert")  # cheapest per example first
 INPUTS = (
     "results/data/external",
     "results/data/torchvision",
@@ -41,21 +42,24 @@ def steps_seen(run: plan.Run) -> float:
 
 
 def sample(p: Params, kinds: list[str] | None = None) -> list[plan.Run]:
-    """Per method kind, the committed run of the profile that saw the fewest training
-    examples (ties: the first in name order), on the profile's first seed."""
-    best: dict[str, tuple[float, str, plan.Run]] = {}
+    """Per method kind, the committed run of the profile that costs least to retrain, on
+    the profile's first seed: the cheapest architecture per example (ARCH_COST), then the
+    fewest training examples, then name order."""
+    best: dict[str, tuple[tuple, plan.Run]] = {}
     for experiment in p.active_experiments:
         for run in plan.runs(p, experiment):
             kind = p.method_kind(run.method)
             if run.seed != p.seeds[0] or (kinds and kind not in kinds):
                 continue
-            cost = steps_seen(run) * p.schedules[run.schedule].batch_size
-            if kind not in best or (cost, run.name) < best[kind][:2]:
-                best[kind] = (cost, run.name, run)
+            arch = p.models[run.model].arch
+            examples = steps_seen(run) * p.schedules[run.schedule].batch_size
+            cost = (ARCH_COST.index(arch), examples, run.name)
+            if kind not in best or cost < best[kind][0]:
+                best[kind] = (cost, run)
     missing = sorted(set(kinds or ()) - set(best))
     if missing:
         raise ValueError(f"no run of the profile has method kind {', '.join(missing)}")
-    return [best[k][2] for k in sorted(best)]
+    return [best[k][1] for k in sorted(best)]
 
 
 def differences(new, old, exact: bool, path: str = "") -> Iterator[str]:

@@ -121,3 +121,10 @@ def test_pin_after_torch_loaded_warns_and_records_what_runs(monkeypatch):
         assert "ATEN_CPU_CAPABILITY" not in os.environ  # torch has read it already
     finally:
         numerics._in_effect = saved
+
+
+def test_verify_knows_every_architectures_cost():
+    from pipeline.models import ARCH_NAMES
+    from pipeline.verify import ARCH_COST
+
+    assert sorted(ARCH_COST) == sorted(ARCH_NAMES)
