@@ -72,13 +72,14 @@ def read_json(path: str | Path) -> Any:
 
 
 def git_revision() -> str:
-    """The commit the code ran at ('+dirty' if the tree has changes; 'unknown' outside git)."""
+    """The commit the code ran at ('+dirty' if files outside results/ have changes: the
+    outputs a rerun rewrites do not make the code dirty; 'unknown' outside git)."""
     try:
         rev = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
             capture_output=True,
             text=True,
             check=True,

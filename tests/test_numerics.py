@@ -1,5 +1,5 @@
-"""Portable CPU numerics: the same bits whatever kernels the machine would pick, and a verify
-command that retrains committed runs and finds where they differ."""
+"""Portable CPU numerics: the same bits whatever kernels the machine would pick, the provenance
+runs record, and a verify command that retrains committed runs and finds where they differ."""
 
 from __future__ import annotations
 
@@ -128,3 +128,24 @@ def test_verify_knows_every_architectures_cost():
     from pipeline.verify import ARCH_COST
 
     assert sorted(ARCH_COST) == sorted(ARCH_NAMES)
+
+
+def test_rewritten_results_do_not_make_the_revision_dirty(tmp_path, monkeypatch):
+    from pipeline.io import git_revision
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "metrics.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    monkeypatch.chdir(tmp_path)
+    clean = git_revision()
+    assert len(clean) == 40
+    (tmp_path / "results" / "metrics.json").write_text('{"a": 1}')
+    assert git_revision() == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_revision() == clean + "+dirty"
