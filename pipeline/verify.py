@@ -24,6 +24,7 @@ from pipeline.io import log, read_json
 
 TOLERANCE = 0.02  # relative, absolute for values below 1: what fast numerics or a GPU keep
 IGNORED = {("provenance", "git")}  # the commit that made the file, not its result
+NOT_COMPARED = {"model_sha256", "provenance"}  # what differs by design without exact numerics
 ARCH_COST = ("mlp", "lenet", "preact_resnet", "wrn", "text_bert")  # cheapest per example first
 INPUTS = (
     "results/data/external",
@@ -83,9 +84,6 @@ def differences(new, old, exact: bool, path: str = "") -> Iterator[str]:
         yield f"{path}: {_short(new)} vs {_short(old)}"
 
 
-NOT_COMPARED = {"model_sha256", "provenance"}  # what differs by design without exact numerics
-
-
 def _number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
@@ -123,18 +121,17 @@ def scratch_directory(repo: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def retrain(p: Params, run: plan.Run, prepared: set, split: set) -> None:
-    """A run and its inputs from scratch in the current directory (teachers first)."""
+def retrain(p: Params, run: plan.Run) -> None:
+    """A run and its inputs from scratch in the current directory (teachers first), each
+    input made once for every run that shares it."""
     from pipeline.data.sources import prepare
     from pipeline.noise import write_splits
     from pipeline.train import train_runs
 
-    if run.dataset not in prepared:
+    if not Path(plan.prepared_path(run.dataset)).exists():
         prepare(p, run.dataset)
-        prepared.add(run.dataset)
-    if (run.dataset, run.noise, run.seed) not in split:
+    if not Path(plan.split_path(run.dataset, run.noise, run.seed)).exists():
         write_splits(p, run.dataset, run.noise, [run.seed])
-        split.add((run.dataset, run.noise, run.seed))
     for source in teacher_runs(p, run):
         if not Path(source.file("model.pt")).exists():
             train_runs(p, [source])
@@ -145,20 +142,20 @@ def compare(run: plan.Run, repo: Path) -> tuple[list[str], list[str]]:
     """Differences of the run retrained here from the committed one in `repo`: (in any bit,
     beyond what the comparison allows: nothing when both runs used portable numerics on a
     CPU, TOLERANCE otherwise). Its noise split's summary must be equal."""
+    pairs = {
+        name: (read_json(run.file(name)), read_json(repo / run.file(name)))
+        for name in ("metrics.json", "history.json")
+    }
+    exact = exact_pair(*pairs["metrics.json"])
     bits: list[str] = []
     allowed: list[str] = []
-    exact = exact_pair(
-        read_json(run.file("metrics.json")), read_json(repo / run.file("metrics.json"))
-    )
-    for name in ("metrics.json", "history.json"):
-        new, old = read_json(run.file(name)), read_json(repo / run.file(name))
+    for name, (new, old) in pairs.items():
         bits += [f"{name} {d}" for d in differences(new, old, exact=True)]
         allowed += [f"{name} {d}" for d in differences(new, old, exact=exact)]
     split = plan.split_summary_path(run.dataset, run.noise, run.seed)
     if (repo / split).exists():
-        found = [
-            f"{split} {d}" for d in differences(read_json(split), read_json(repo / split), True)
-        ]
+        new, old = read_json(split), read_json(repo / split)
+        found = [f"{split} {d}" for d in differences(new, old, exact=True)]
         bits, allowed = bits + found, allowed + found
     return bits, allowed
 
@@ -173,14 +170,12 @@ def verify(p: Params, kinds: list[str] | None = None) -> int:
                 raise FileNotFoundError(f"{run.file(name)}: no committed run to compare with")
     print(f"verify: {len(runs)} runs, one per method kind, retrained from scratch")
     failed = 0
-    prepared: set = set()
-    split: set = set()
     with scratch_directory(repo) as scratch:
         os.chdir(scratch)
         try:
             for run in runs:
                 log(f"verify: retraining {run.name}")
-                retrain(p, run, prepared, split)
+                retrain(p, run)
                 bits, found = compare(run, repo)
                 for source in teacher_runs(p, run):
                     if (repo / source.file("metrics.json")).exists():
