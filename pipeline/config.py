@@ -205,6 +205,10 @@ class ScheduleSpec:
     augment: Literal["none", "crop_flip", "randaugment"] = "none"  # pipeline/augment.py
     val_batch_size: int | None = None  # validation batch for methods that use one; None: batch_size
     eval_every: int = 0  # also record validation figures every this many steps (0: epoch ends)
+    # record at each epoch end how well the student fits the training labels it is given
+    # (train_acc) and, among the corrupted ones, the fraction it predicts as given (noisy_fit):
+    # the check that a baseline memorises the noise (one eval pass over the training split)
+    fit_curve: bool = False
 
     def check(self, where: str) -> None:
         _positive(

@@ -122,6 +122,22 @@ def load_pretrained(p: Params, teacher: str, run: Run, data: TaskData, device) -
     return model.requires_grad_(False).eval()
 
 
+def training_fit(model: torch.nn.Module, data: TaskData) -> dict:
+    """Accuracy on the labels training sees (noisy ones included) and the fraction of the
+    corrupted examples predicted as their corrupted label: near 1 - rate and 0 while the
+    student ignores the noise, towards 1 and 1 as it memorises it. Eval mode: no random state
+    is drawn."""
+    labelled = data.train_y >= 0
+    pred = predict(model, data.train_x[labelled]).argmax(1)
+    given = data.train_y[labelled]
+    noisy = data.noise_mask[labelled]
+    fits = (pred == given).double()
+    return {
+        "train_acc": round(float(fits.mean()), 6),
+        "noisy_fit": round(float(fits[noisy].mean()), 6) if bool(noisy.any()) else 0.0,
+    }
+
+
 def best_on_validation(best: dict, epoch_count: int, finetuned: bool) -> dict | None:
     """The best-on-validation epoch ("+ES"): none after fine-tuning, which follows it; its
     weights only when they are not the final model's (the last epoch was not the best)."""
@@ -187,6 +203,7 @@ def train(
             "step": student.step_count,
             **{k: round(float(v) / per_epoch, 6) for k, v in sums.items()},
             **validation_figures(model, data, teacher),
+            **(training_fit(model, data) if schedule.fit_curve else {}),
             "seconds": round(time.monotonic() - started, 2),
         }
         history.append(record)
