@@ -10,9 +10,9 @@ distill: the same for the distillation methods on text (LGTM Table 3: the influe
     text). Writes results/bench/distill_<device>.csv.
 reverse: reverse mode through many steps. DIR's teacher update (Algorithm 1) against B, the
     steps differentiated back, and a DLF teacher optimisation step (T student steps, then T
-    back) against T, running momentum SGD backwards or keeping every theta_t (`stored`): time
-    and peak memory; running backwards must not grow with B or T. Writes
-    results/bench/reverse_<device>.csv.
+    back) against T, by checkpointed segments of sqrt(T) steps (`segments`) or keeping every
+    theta_t (`stored`, segments of 1): time and peak memory; DIR's must not grow with B, DLF's
+    segments grow like sqrt(T). Writes results/bench/reverse_<device>.csv.
 
 Each measurement runs in a fresh process so that peak memory is its own: CUDA's
 max_memory_allocated on a GPU, the growth of the peak resident set on a CPU. Needs torch only
@@ -68,7 +68,7 @@ SUITE_VARIANTS = {"steps": VARIANTS, "distill": DISTILL_VARIANTS}
 BACKS = (1, 2, 5, 10)  # the reverse suite's B for DIR (with K = B: one update per window)
 LENGTHS = (25, 50, 100, 200)  # and its T for a DLF teacher optimisation step
 REVERSE = [("dir", b) for b in BACKS] + [
-    (f"dlf_{how}", t) for how in ("momentum", "stored") for t in LENGTHS
+    (f"dlf_{how}", t) for how in ("segments", "stored") for t in LENGTHS
 ]
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
 DISTILL_CASES = {"cpu": "minilm_l3:16", "cuda": "minilm_l3:32"}
@@ -156,7 +156,8 @@ def measure_reverse(model_name: str, batch: int, method: str, steps: int, device
         kind, total = "dir", steps * 2
     else:
         kind, total = "dlf", steps
-        settings = {"teacher_steps": 2, "episode_steps": steps, "reverse": method[4:]}
+        segment = 1 if method == "dlf_stored" else None
+        settings = {"teacher_steps": 2, "episode_steps": steps, "segment": segment}
     teacher, one_step, dev = _setup(model_name, batch, kind, settings, total, device)
 
     def one_pass(k: int) -> None:

@@ -192,14 +192,19 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    """Momentum SGD with step decay: lr *= gamma at each fraction of training in milestones."""
+    """The student's optimiser with step decay: lr *= gamma at each fraction of training in
+    milestones. optimizer: sgd (momentum, nesterov), adam (weight_decay as L2 in the
+    gradient, as torch.optim.Adam) or adamw (decoupled weight decay); betas and eps: Adam's."""
 
     epochs: int
     batch_size: int
     lr: float
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     milestones: tuple[float, ...] = ()
     gamma: float = 0.1
     augment: Literal["none", "crop_flip", "randaugment"] = "none"  # pipeline/augment.py
@@ -220,6 +225,12 @@ class ScheduleSpec:
         )
         if self.eval_every < 0:
             raise ParamsError(f"{where}.eval_every: must be >= 0 (0: at epoch ends only)")
+        if len(self.betas) != 2 or any(not 0 <= b < 1 for b in self.betas):
+            raise ParamsError(f"{where}.betas: two numbers, each in [0, 1)")
+        if not self.eps > 0:
+            raise ParamsError(f"{where}.eps: must be > 0")
+        if self.optimizer != "sgd" and self.nesterov:
+            raise ParamsError(f"{where}.nesterov: only with optimizer sgd")
         if any(not 0 < m < 1 for m in self.milestones):
             raise ParamsError(f"{where}.milestones: fractions of training, each in (0, 1)")
 

@@ -154,7 +154,7 @@ def test_meta_weight_net_gradient_equals_double_backward(noisy64):
     named = dict(model.named_parameters())
     g = torch.autograd.grad((w * losses).sum(), list(named.values()), create_graph=True)
     val = lookahead_loss(
-        model, student.rule(), student.momentum(), dict(zip(named, g, strict=True)), vx, vy
+        model, student.rule(), student.optimizer_state(), dict(zip(named, g, strict=True)), vx, vy
     )
     expected = torch.autograd.grad(val, list(method.teacher.parameters()))
     for a, b in zip(grads[0], expected, strict=True):

@@ -168,7 +168,7 @@ def test_meta_distill_teacher_gradient_is_double_backward(task, dropout):
     loss = method.student_loss(model(batch.x), teacher_logits, batch.y)
     grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
     grads = dict(zip(params, grads, strict=True))
-    r = lookahead_loss(model, student.rule(), student.momentum(), grads, vx, vy)
+    r = lookahead_loss(model, student.rule(), student.optimizer_state(), grads, vx, vy)
     t_params = list(method.teacher.parameters())
     slow = torch.autograd.grad(r, t_params)
 
@@ -211,7 +211,7 @@ def test_virtual_step_is_the_students_rule(task):
     real step, so the momentum buffers are part of it)."""
     method = make("lgtm", task)
     method.step(Batch(task.train_x[:6], task.train_y[:6], torch.arange(6)))
-    model, momentum = method.student.model, method.student.momentum()
+    model, momentum = method.student.model, method.student.optimizer_state()
     assert momentum
     grads = {k: torch.randn_like(p) for k, p in params_of(model).items()}
     method.val_batch = lambda size=None: (task.val_x, task.val_y)

@@ -22,9 +22,19 @@ def clean64():
     return digits_task(NoiseSpec(kind="none", val_size=100), torch.float64)
 
 
-@pytest.mark.parametrize("reverse", ["momentum", "stored"])
-def test_teacher_gradient_equals_autograd_through_training(clean64, monkeypatch, reverse):
-    settings = {"teacher_steps": 1, "episode_steps": 5, "state_every": 2, "reverse": reverse}
+@pytest.mark.parametrize(("segment", "warm_start"), [(None, 0), (1, 0), (2, 3), (5, 2)])
+def test_teacher_gradient_equals_autograd_through_training(
+    clean64, monkeypatch, segment, warm_start
+):
+    """Checkpointed reverse mode at several segment lengths, from a fresh or warm-started
+    student (the oracle starts from the warm start's parameters and momentum)."""
+    settings = {
+        "teacher_steps": 1,
+        "episode_steps": 5,
+        "state_every": 2,
+        "segment": segment,
+        "warm_start": warm_start,
+    }
     method = make_method("dlf", clean64, arch="mlp", dtype=torch.float64, **settings)
     torch.manual_seed(5)
     for p in method.teacher.parameters():  # away from the identity start: every path active
@@ -33,10 +43,15 @@ def test_teacher_gradient_equals_autograd_through_training(clean64, monkeypatch,
     seen: dict = {"steps": []}
 
     class RecordingStudent(Student):
-        def __init__(self, model, *args):
-            super().__init__(model, *args)
-            seen["theta0"] = {k: p.detach().clone() for k, p in model.named_parameters()}
-            seen["student"] = self
+        """Records the episode student's parameters and optimiser state before its steps."""
+
+        def update(self, loss):
+            if self.step_count == 0 and self.total_steps == 5:
+                named = self.model.named_parameters()
+                seen["theta0"] = {k: p.detach().clone() for k, p in named}
+                seen["v0"] = dict(self.state)
+                seen["student"] = self
+            super().update(loss)
 
     monkeypatch.setattr(dlf_module, "Student", RecordingStudent)
     replay = method.replay
@@ -57,7 +72,8 @@ def test_teacher_gradient_equals_autograd_through_training(clean64, monkeypatch,
     method.teacher.load_state_dict(start)
     model, schedule = method.student.model, method.ctx.schedule
     theta = {k: p.requires_grad_() for k, p in seen["theta0"].items()}
-    v: dict = {}
+    v = seen["v0"]
+    assert bool(v) == bool(warm_start)
     for t, (x, y, state) in enumerate(seen["steps"]):
         rule = SGDRule(seen["student"].lr_at(t), schedule.momentum)
         logits = functional_call(model, theta, (x,))

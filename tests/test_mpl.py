@@ -41,7 +41,7 @@ def test_exact_teacher_gradient_is_double_backward_through_the_step(few64):
     grads = recording(method)
     batch = batch_of(few64, 32)
     model, student, teacher = method.student.model, method.student, method.teacher
-    rule, momentum = student.rule(), dict(student.momentum())
+    rule, momentum = student.rule(), dict(student.optimizer_state())
 
     # the reference: R(theta'(omega)) + CE(T(x_l), y_l), by double backward
     t_logits = teacher(torch.cat([batch.x, vx]))

@@ -165,7 +165,7 @@ def test_reduced_mpl_teacher_gradient_is_double_backward(few64):
     )
     batch = batch_of(few64, 32)
     model, student, calibrator = method.student.model, method.student, method.teacher
-    rule, momentum = student.rule(), dict(student.momentum())
+    rule, momentum = student.rule(), dict(student.optimizer_state())
 
     inputs = torch.cat([method.large["train"][batch.index], method.large["val"][:40]])
     t_logits = calibrator(inputs)

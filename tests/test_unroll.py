@@ -1,9 +1,12 @@
-"""Oracles for reverse-mode through momentum SGD (pipeline/core/unroll.py), in float64 on tiny
-models: the teacher gradient from running K steps backwards equals autograd through the whole
-unrolled training, the recovered states equal stored copies, and with one step it equals the
-core's one-step JVP route."""
+"""Oracles for reverse mode through training steps (pipeline/core/unroll.py), in float64 on
+tiny models: the teacher gradient from running K steps backwards, and from checkpointed
+segments under SGD, Adam and AdamW, equals autograd through the whole unrolled training; the
+recovered states equal stored copies; with one step it equals the core's one-step JVP route;
+in float32 at T = 300 the segments route matches the stored-states route."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,8 +21,14 @@ from pipeline.core.meta import (
     teacher_surrogate,
     weights_loss,
 )
-from pipeline.core.optim import SGDRule, sgd_step
-from pipeline.core.unroll import Step, backward_through_steps, regularised
+from pipeline.core.optim import AdamRule, SGDRule, sgd_step
+from pipeline.core.unroll import (
+    REVERSAL_LIMIT,
+    Step,
+    backward_by_segments,
+    backward_through_steps,
+    regularised,
+)
 
 RULES = [SGDRule(0.1, 0.9), SGDRule(0.05, 0.5, weight_decay=1e-2)]
 
@@ -206,3 +215,85 @@ def test_stored_parameters_route_equals_autograd(rule):
     )
     for a, b in zip(got, expected, strict=True):
         assert relative_error(a, b) < 1e-9
+
+
+def unrolled_rule(model, teacher, rule, steps, lrs=None, deep=False):
+    """`steps` steps of any core rule (weight decay inside it) with the whole graph kept, and
+    the (parameters, optimiser state) before each step."""
+    theta = {k: p.detach().clone().requires_grad_() for k, p in model.named_parameters()}
+    state, before, records = {}, [], []
+    for t in range(steps):
+        lr = lrs[t] if lrs else rule.lr
+        x, y = batch(model, t)
+        loss = objective(model, teacher, x, y, deep)
+        before.append(
+            (
+                {k: p.detach() for k, p in theta.items()},
+                {k: v.detach() if torch.is_tensor(v) else v for k, v in state.items()},
+            )
+        )
+        grads = torch.autograd.grad(loss(theta), list(theta.values()), create_graph=True)
+        theta, state = replace(rule, lr=lr).step(theta, dict(zip(theta, grads, strict=True)), state)
+        records.append(Step(lr, loss))
+    return theta, before, records
+
+
+def final_val_grad(model, theta):
+    theta_k = {k: p.detach().requires_grad_() for k, p in theta.items()}
+    grads = torch.autograd.grad(val_loss(model, theta_k), list(theta_k.values()))
+    return dict(zip(theta_k, grads, strict=True))
+
+
+SEGMENT_RULES = [
+    SGDRule(0.1),
+    SGDRule(0.1, 0.9, weight_decay=1e-2),
+    SGDRule(0.05, 0.9, nesterov=True),
+    AdamRule(0.01),
+    AdamRule(0.01, 0.8, 0.99, 1e-6, weight_decay=1e-2),
+    AdamRule(0.02, weight_decay=0.1, decoupled=True),
+]
+
+
+@pytest.mark.parametrize("kind", ["mlp", "convnet"])
+@pytest.mark.parametrize("rule", SEGMENT_RULES)
+@pytest.mark.parametrize("every", [1, 2, 3, 5])
+def test_segments_route_equals_autograd_through_all_steps(kind, rule, every):
+    """Checkpoints every 1, 2, 3 or 5 of 5 steps (a short last segment included), with the
+    learning rate changing between steps and the teacher read through the student (deep)."""
+    model, teacher = student(kind), Teacher()
+    lrs = [rule.lr, rule.lr, rule.lr / 2, rule.lr / 2, rule.lr / 4]
+    theta, before, records = unrolled_rule(model, teacher, rule, 5, lrs, deep=True)
+    expected = torch.autograd.grad(val_loss(model, theta), list(teacher.parameters()))
+    checkpoints = before[::every]
+    got = backward_by_segments(
+        checkpoints, every, records, rule, final_val_grad(model, theta), list(teacher.parameters())
+    )
+    for a, b in zip(got, expected, strict=True):
+        assert relative_error(a, b) < 1e-9
+
+
+def test_segments_route_is_exact_at_long_horizons_in_float32():
+    """T = 300 steps of momentum SGD in float32 (where running them backwards is useless):
+    checkpoints every 18 steps against the route that keeps every theta_t."""
+    torch.set_default_dtype(torch.float32)
+    rule = SGDRule(0.1, 0.9)
+    model, teacher = student("mlp"), Teacher()
+    theta, before, records = unrolled_rule(model, teacher, rule, 300)
+    theta = {k: p.detach() for k, p in theta.items()}
+    val_grad = final_val_grad(model, theta)
+    params = list(teacher.parameters())
+    stored = backward_through_steps(
+        theta, {}, records, rule, val_grad, params, stored=[b[0] for b in before]
+    )
+    segments = backward_by_segments(before[::18], 18, records, rule, val_grad, params)
+    flat = [torch.cat([g.reshape(-1) for g in grads]) for grads in (segments, stored)]
+    assert F.cosine_similarity(*flat, dim=0) > 0.999
+    assert relative_error(flat[0], flat[1]) < 1e-3
+
+
+def test_running_backwards_refuses_long_horizons():
+    model, teacher = student("mlp"), Teacher()
+    theta = {k: p.detach() for k, p in model.named_parameters()}
+    steps = [Step(0.1, objective(model, teacher, *batch(model, 0)))] * (REVERSAL_LIMIT + 1)
+    with pytest.raises(ValueError, match="backward_by_segments"):
+        backward_through_steps(theta, {}, steps, RULES[0], theta, list(teacher.parameters()))

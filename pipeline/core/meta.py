@@ -27,7 +27,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call, vjp
 
-from pipeline.core.optim import SGDRule, Tensors, sgd_step
+from pipeline.core.optim import Rule, State, Tensors
 
 
 def params_of(model: nn.Module) -> Tensors:
@@ -55,23 +55,23 @@ def loss_and_grad(
 
 def lookahead_loss(
     model: nn.Module,
-    rule: SGDRule,
-    momentum: Tensors,
+    rule: Rule,
+    momentum: State,
     grads: Tensors,
     val_x: torch.Tensor,
     val_y: torch.Tensor,
 ) -> torch.Tensor:
     """R(theta') with theta' = step(theta, grads), differentiable in `grads` and the
     parameters: the double-backward reference route (Ren et al. Alg. 1, lines 7-9)."""
-    theta1, _ = sgd_step(params_of(model), grads, momentum, rule)
+    theta1, _ = rule.step(params_of(model), grads, momentum)
     out = functional_call(model, (theta1, buffer_copies(model)), (val_x,))
     return nn.functional.cross_entropy(out, val_y)
 
 
 def lookahead_direction(
     model: nn.Module,
-    rule: SGDRule,
-    momentum: Tensors,
+    rule: Rule,
+    momentum: State,
     grads: Tensors,
     val_x: torch.Tensor,
     val_y: torch.Tensor,
@@ -84,7 +84,7 @@ def lookahead_direction(
     theta = {k: p.detach() for k, p in params_of(model).items()}
 
     def step(g: Tensors) -> Tensors:
-        return sgd_step(theta, g, momentum, rule)[0]
+        return rule.step(theta, g, momentum)[0]
 
     theta1, pullback = vjp(step, grads)
     val_loss, v = loss_and_grad(model, theta1, val_x, val_y)

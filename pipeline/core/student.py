@@ -1,7 +1,8 @@
-"""The student being trained: a model, its momentum-SGD update and its step-decay schedule.
+"""The student being trained: a model, its optimiser's update and its step-decay schedule.
 
-The update is the rule of torch.optim.SGD as one pure function (pipeline/core/optim.py,
-tested bit-identical to torch.optim), so look-ahead steps take exactly the real step. Applying
+The update is the rule of torch.optim.SGD, Adam or AdamW as one pure function
+(pipeline/core/optim.py, tested bit-identical to torch.optim), so look-ahead steps take
+exactly the real step. Applying
 it here rather than through torch.optim also spares each job the seconds torch.optim spends
 importing its compiler on first use.
 """
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ScheduleSpec
-from pipeline.core.optim import SGDRule, sgd_step
+from pipeline.core.optim import AdamRule, Rule, SGDRule, State
 
 
 class Student:
@@ -22,21 +23,24 @@ class Student:
         self.schedule = schedule
         self.total_steps = total_steps
         self.step_count = 0
-        self.buffers: dict[str, torch.Tensor] = {}  # momentum, by parameter name
+        self.state: State = {}  # the optimiser's (momentum or Adam's moments)
 
     def lr_at(self, step: int) -> float:
         """Step decay: lr * gamma^k after the k-th milestone (fractions of total steps)."""
         passed = sum(step >= round(m * self.total_steps) for m in self.schedule.milestones)
         return self.schedule.lr * self.schedule.gamma**passed
 
-    def rule(self) -> SGDRule:
+    def rule(self) -> Rule:
         """The update rule of the coming step (its scheduled lr), for look-ahead steps."""
-        s = self.schedule
-        return SGDRule(self.lr_at(self.step_count), s.momentum, s.nesterov, s.weight_decay)
+        s, lr = self.schedule, self.lr_at(self.step_count)
+        if s.optimizer == "sgd":
+            return SGDRule(lr, s.momentum, s.nesterov, s.weight_decay)
+        beta1, beta2 = s.betas
+        return AdamRule(lr, beta1, beta2, s.eps, s.weight_decay, s.optimizer == "adamw")
 
-    def momentum(self) -> dict[str, torch.Tensor]:
-        """The momentum buffers by parameter name (empty before the first step)."""
-        return self.buffers
+    def optimizer_state(self) -> State:
+        """The optimiser's state (core/optim.py's layout; empty before the first step)."""
+        return self.state
 
     def update(self, loss: torch.Tensor) -> None:
         """One momentum-SGD step on `loss` at the scheduled learning rate."""
@@ -47,22 +51,22 @@ class Student:
         with torch.no_grad():
             grads = {k: p.grad for k, p in params.items() if p.grad is not None}
             trained = {k: params[k] for k in grads}
-            new, buffers = sgd_step(trained, grads, self.buffers, self.rule())
+            new, state = self.rule().step(trained, grads, self.state)
             for k, value in new.items():
                 params[k].copy_(value)
-            self.buffers = {**self.buffers, **buffers}
+            self.state = {**self.state, **state}
         self.step_count += 1
 
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
-            "momentum": dict(self.buffers),
+            "optimizer": dict(self.state),
             "step_count": self.step_count,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.buffers = dict(state["momentum"])
+        self.state = dict(state["optimizer"])
         self.step_count = state["step_count"]
 
 

@@ -107,8 +107,10 @@ class DIR(Method):
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)
         schedule = ctx.schedule
-        if schedule.nesterov or not schedule.momentum:
-            raise ValueError("dir runs momentum SGD backwards: momentum > 0, no Nesterov")
+        if schedule.optimizer != "sgd" or schedule.nesterov or not schedule.momentum:
+            raise ValueError(
+                "dir runs momentum SGD backwards: optimizer sgd, momentum > 0, no Nesterov"
+            )
         model, x = ctx.student.model, ctx.data.train_x[:2]
         with torch.no_grad():
             _, features, maps = model(x, states=True)
@@ -219,7 +221,7 @@ class DIR(Method):
         steps = [self.replay(r) for r in self.records]
         teacher = list(self.teacher.parameters())
         grads = backward_through_steps(
-            theta, self.student.momentum(), steps, rule, val_grad, teacher
+            theta, self.student.optimizer_state(), steps, rule, val_grad, teacher
         )
         if not all(torch.isfinite(g).all() for g in grads):
             raise FloatingPointError("dir: non-finite teacher gradient")

@@ -52,7 +52,6 @@ from pipeline.core.meta import (
     tangent_only,
     teacher_surrogate,
 )
-from pipeline.core.optim import sgd_step
 from pipeline.core.student import accuracy, predict
 from pipeline.core.unroll import replayed_rng, rng_state
 from pipeline.methods.base import Batch, Method, MethodSettings
@@ -194,7 +193,7 @@ class MetaDistill(Distill):
         teacher_logits, logits, rng, grads = self.training_forward(batch)
         vx, vy = self.val_batch(self.settings.val_batch_size)
         direction, r_after = lookahead_direction(
-            student.model, student.rule(), student.momentum(), grads, vx, vy
+            student.model, student.rule(), student.optimizer_state(), grads, vx, vy
         )
         with replayed_rng(rng):
             _, tangents = tangent_only(student.model, batch.x, direction)
@@ -227,7 +226,7 @@ class LGTM(MetaDistill):
         """v = grad R(theta') after the student's virtual step (Algorithm 1, lines 3-5)."""
         student = self.student
         theta = {k: p.detach() for k, p in params_of(student.model).items()}
-        virtual, _ = sgd_step(theta, grads, student.momentum(), student.rule())
+        virtual, _ = student.rule().step(theta, grads, student.optimizer_state())
         vx, vy = self.val_batch(self.settings.val_batch_size)
         r_after, v = loss_and_grad(student.model, virtual, vx, vy)
         return v, r_after

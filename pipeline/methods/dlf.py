@@ -11,17 +11,18 @@ Teacher optimisation (Algorithm 1), before the run's student trains: each of `te
 steps trains a fresh student (a new initialisation) for T = `episode_steps` steps of the run's
 momentum SGD under the current teacher, differentiates the smoothed dev measure (the expected
 0-1 accuracy, mean p_y on the validation split) back through those T steps and takes an Adam
-step on the teacher. Reverse mode runs momentum SGD backwards (pipeline/core/unroll.py: memory
-O(|theta|) whatever T), or with `reverse: stored` keeps every theta_t as the public demo does
-(plain SGD needs it). Then the test phase: the run's student trains from its own
-initialisation with the fixed teacher, and is scored on the test split as every run is.
+step on the teacher. Reverse mode keeps a checkpoint every `segment` steps and recomputes
+each segment (pipeline/core/unroll.py: exact at any T, O(T / segment + segment) states; 1
+keeps every theta_t as the authors' demo does). `warm_start` CE steps before each episode
+start it from a partly trained student, as the demo does. The teacher with the best dev
+measure is kept (chosen on dev). Then the test phase: the run's student trains from its own
+initialisation with that teacher, and is scored on the test split as every run is.
 The state is an input, not a path of the gradient (ds/dtheta = 0).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,8 +30,14 @@ from torch import nn
 from torch.func import functional_call
 
 from pipeline.core.meta import buffer_copies, params_of
-from pipeline.core.student import Student, accuracy, predict
-from pipeline.core.unroll import Step, backward_through_steps, replayed_rng, rng_state
+from pipeline.core.student import Student, accuracy, cross_entropy, predict
+from pipeline.core.unroll import (
+    Step,
+    backward_by_segments,
+    replayed_rng,
+    rng_state,
+    segment_length,
+)
 from pipeline.io import log
 from pipeline.methods.base import Batch, Method, MethodSettings
 from pipeline.models import fresh_copy
@@ -38,16 +45,23 @@ from pipeline.noise import generator
 
 
 class LossTeacher(nn.Module):
-    """Phi = W softmax(V s), W in R^{C x C x N}, V in R^{N x |s|}; Phi starts at the identity
-    (every key holds I), so the first loss is -sigmoid(log p_y)."""
+    """Phi = W softmax(V s), W in R^{C x C x N}, V in R^{N x |s|}. Every key starts near the
+    identity, so the first loss is close to -sigmoid(log p_y); the keys differ by `spread`
+    (Gaussian), because with equal keys Phi does not depend on V, the gradient on V is 0 and
+    Adam keeps the keys equal: Phi could never change along training."""
 
-    def __init__(self, classes: int, state_dim: int, keys: int):
+    def __init__(self, classes: int, state_dim: int, keys: int, spread: float = 0.1):
         super().__init__()
         self.V = nn.Parameter(torch.randn(keys, state_dim) * 0.1)
-        self.W = nn.Parameter(torch.eye(classes)[:, :, None].repeat(1, 1, keys))
+        identity = torch.eye(classes)[:, :, None].repeat(1, 1, keys)
+        self.W = nn.Parameter(identity + spread * torch.randn(classes, classes, keys))
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.W @ torch.softmax(self.V @ state, 0)
+
+
+def copies(tensors: dict) -> dict:
+    return {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in tensors.items()}
 
 
 def dynamic_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
@@ -97,65 +111,78 @@ class DLF(Method):
         """teacher_steps: teacher optimisation steps (the paper: 60 for MNIST, 100 for CIFAR);
         episode_steps: T, the student steps of each (None: the run's training length, so
         that the state's iteration feature means the same in both phases); keys: N of the
-        attention; teacher_lr: Adam's alpha; state_every: steps between refreshes of the
-        dev statistics; reverse: run momentum SGD backwards (O(|theta|) memory) or keep
-        every theta_t (`stored`)."""
+        attention; key_spread: the keys' initial differences; teacher_lr: Adam's alpha;
+        state_every: steps between refreshes of the dev statistics; segment: steps between
+        reverse-mode checkpoints (None: sqrt(T); 1 keeps every state); warm_start: CE steps
+        that train each episode's fresh student before its T steps."""
 
         teacher_steps: int = 60
         episode_steps: int | None = None  # None: as long as the run's own training
         keys: int = 10
+        key_spread: float = 0.1
         teacher_lr: float = 1e-4
         state_every: int = 20
-        reverse: Literal["momentum", "stored"] = "momentum"
+        segment: int | None = None
+        warm_start: int = 0
 
         def check(self, where: str) -> None:
             from pipeline.config import ParamsError
 
-            for name in ("teacher_steps", "episode_steps", "keys", "state_every"):
+            for name in ("teacher_steps", "episode_steps", "keys", "state_every", "segment"):
                 if (getattr(self, name) or 1) < 1:
                     raise ParamsError(f"{where}.{name}: must be at least 1")
+            if self.warm_start < 0 or self.key_spread < 0 or not self.teacher_lr > 0:
+                raise ParamsError(
+                    f"{where}: warm_start and key_spread must be >= 0, teacher_lr > 0"
+                )
 
     SNAPSHOTS = (1 / 3, 2 / 3, 1.0)  # fractions of training at which Phi_t is kept (Figure 4)
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)
-        schedule = ctx.schedule
-        if schedule.nesterov:
-            raise ValueError("dlf: reverse mode through Nesterov momentum is not implemented")
-        if settings.reverse == "momentum" and not schedule.momentum:
-            raise ValueError("dlf: plain SGD cannot run backwards; set reverse: stored")
         c = ctx.data.num_classes
         param = ctx.student.model.classifier.weight
-        self.teacher = LossTeacher(c, 3 + c, settings.keys).to(param.device, param.dtype)
+        self.teacher = LossTeacher(c, 3 + c, settings.keys, settings.key_spread)
+        self.teacher.to(param.device, param.dtype)
         self.optimizer = torch.optim.Adam(self.teacher.parameters(), lr=settings.teacher_lr)
         self.tracker = StateTracker(ctx.data, ctx.student.total_steps, settings.state_every)
         self.trained = False
         self.history: list[dict] = []  # the dev measure along teacher optimisation (Figure 3)
+        self.best: dict = {"measure": -1.0}  # the teacher with the best dev measure so far
         self.snapshots: list[dict] = []
         self.run_seed = ctx.generator.initial_seed()  # episodes follow from the run's seed
 
     # ---- teacher optimisation ----
 
     def episode(self, k: int) -> dict:
-        """One teacher optimisation step: a fresh student for T steps, then reverse mode."""
+        """One teacher optimisation step: a fresh student (warm-started by CE steps when
+        set) for T steps under the teacher, then reverse mode through those T steps."""
         s, data = self.settings, self.ctx.data
         seed = generator("dlf-episode", self.run_seed, k).initial_seed()
         model = fresh_copy(self.student.model, seed)
         length = s.episode_steps or self.student.total_steps
-        student = Student(model, self.ctx.schedule, length)
-        tracker = StateTracker(data, length, s.state_every)
         g = generator("dlf-batches", self.run_seed, k)
-        steps, stored = [], []
         size = self.ctx.schedule.batch_size
+
+        def draw() -> torch.Tensor:
+            return torch.randint(0, len(data.train_y), (size,), generator=g).to(data.train_y.device)
+
+        warm = Student(model, self.ctx.schedule, max(1, s.warm_start))
+        for _ in range(s.warm_start):
+            index = draw()
+            warm.update(cross_entropy(model(data.train_x[index]), data.train_y[index]).mean())
+        student = Student(model, self.ctx.schedule, length)
+        student.state = dict(warm.state)
+        tracker = StateTracker(data, length, s.state_every)
+        every = segment_length(length, s.segment)
+        steps, checkpoints = [], []
         for t in range(length):
-            index = torch.randint(0, len(data.train_y), (size,), generator=g).to(
-                data.train_y.device
-            )
+            index = draw()
             x, y = data.train_x[index], data.train_y[index]
             state = tracker.state(model, t)
             rng = rng_state(x.device)
-            if s.reverse == "stored":
-                stored.append({n: p.detach().clone() for n, p in params_of(model).items()})
+            if t % every == 0:
+                checkpoints.append((copies(params_of(model)), copies(student.state)))
             logits = model(x)
             tracker.observe(logits, y)
             with torch.no_grad():
@@ -168,14 +195,14 @@ class DLF(Method):
             logits = functional_call(model, (theta, buffer_copies(model)), (data.val_x,))
             measure = expected_accuracy(logits, data.val_y)
             val_grad = torch.autograd.grad(1 - measure, list(theta.values()))
-        grads = backward_through_steps(
-            theta,
-            student.momentum(),
+        self.keep_if_best(float(measure.detach()), k)
+        grads = backward_by_segments(
+            checkpoints,
+            every,
             steps,
             student.rule(),
             dict(zip(theta, val_grad, strict=True)),
             list(self.teacher.parameters()),
-            stored=stored or None,
         )
         if not all(torch.isfinite(g).all() for g in grads):
             raise FloatingPointError("dlf: non-finite teacher gradient")
@@ -187,6 +214,15 @@ class DLF(Method):
             "dev_expected_accuracy": round(float(measure.detach()), 6),
             "dev_accuracy": round(accuracy(logits, data.val_y), 6),
         }
+
+    def keep_if_best(self, measure: float, k: int) -> None:
+        """Keep the teacher that gave this dev measure (before its update) if it is the best."""
+        if measure > self.best["measure"]:
+            self.best = {
+                "measure": measure,
+                "step": k,
+                "teacher": copies(self.teacher.state_dict()),
+            }
 
     def replay(self, model, index, state, rng):
         """Step t's loss as a function of theta. It keeps the batch's indices, not its images:
@@ -203,6 +239,8 @@ class DLF(Method):
         return objective
 
     def optimise_teacher(self) -> None:
+        """The teacher steps, then the test phase's teacher: the one whose episode had the
+        best dev measure (the last update's result is never measured)."""
         for k in range(len(self.history), self.settings.teacher_steps):
             self.history.append(self.episode(k))
             h = self.history[-1]
@@ -210,6 +248,8 @@ class DLF(Method):
                 f"dlf teacher step {k + 1}/{self.settings.teacher_steps}: dev expected accuracy "
                 f"{h['dev_expected_accuracy']:.4f}, dev accuracy {h['dev_accuracy']:.4f}"
             )
+        self.teacher.load_state_dict(self.best["teacher"])
+        log(f"dlf: the teacher of step {self.best['step'] + 1} (best dev measure) is kept")
         self.trained = True
 
     # ---- the test phase ----
@@ -241,6 +281,7 @@ class DLF(Method):
             "teacher": self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "trained": self.trained,
+            "best": self.best,
             "tracker": (self.tracker.dev, self.tracker.correct, self.tracker.seen),
             "metrics": {"teacher_history": self.history, "loss_coefficients": self.snapshots},
         }
@@ -249,6 +290,7 @@ class DLF(Method):
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.trained = state["trained"]
+        self.best = state["best"]
         dev, self.tracker.correct, self.tracker.seen = state["tracker"]
         self.tracker.dev = dev.to(self.tracker.dev.device)
         self.history = state["metrics"]["teacher_history"]

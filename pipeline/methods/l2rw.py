@@ -68,7 +68,7 @@ class L2RW(Method):
         """(normalised weights, per-example losses with their graph, validation loss)."""
         model, route = self.student.model, self.settings.route
         vx, vy = self.val_batch(self.settings.val_batch_size)
-        rule, momentum = self.student.rule(), self.student.momentum()
+        rule, momentum = self.student.rule(), self.student.optimizer_state()
 
         def per_example(out):
             return cross_entropy(out, batch.y)

@@ -170,7 +170,7 @@ class MetaPseudoLabels(Method):
             direction, r_after = lookahead_direction(
                 model,
                 student.rule(),
-                student.momentum(),
+                student.optimizer_state(),
                 dict(zip(params, grads, strict=True)),
                 vx,
                 vy,

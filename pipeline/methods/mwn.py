@@ -57,7 +57,7 @@ class MetaWeightNet(Method):
         grads = dict(zip(params, grads, strict=True))
         vx, vy = self.val_batch(self.settings.val_batch_size)
         direction, val_loss = lookahead_direction(
-            model, student.rule(), student.momentum(), grads, vx, vy
+            model, student.rule(), student.optimizer_state(), grads, vx, vy
         )
         per_example = lambda out: cross_entropy(out, batch.y)  # noqa: E731
         _, tangents = tangent_only(model, batch.x, direction, per_example)
