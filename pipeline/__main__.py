@@ -91,6 +91,13 @@ def cmd_report(p, args) -> None:
     print(report(p, args.experiment).to_string(index=False))
 
 
+def cmd_fidelity(p, args) -> None:
+    """One row per headline claim of the papers: ours, theirs and a verdict from the CIs."""
+    from pipeline.report import fidelity
+
+    print(fidelity(p).to_string(index=False))
+
+
 def cmd_weights(p, args) -> None:
     """Figure of what the teachers produced: example weights, or DLF's Figures 3-4."""
     from pipeline.report import weights_figure
@@ -181,6 +188,7 @@ STAGES = {
     "train": (cmd_train, lambda s: _run_args(s, many=True)),
     "evaluate": (cmd_evaluate, _run_args),
     "report": (cmd_report, lambda s: s.add_argument("--experiment", required=True)),
+    "fidelity": (cmd_fidelity, lambda s: None),
     "weights": (cmd_weights, lambda s: s.add_argument("--experiment", required=True)),
     "regions": (cmd_regions, lambda s: s.add_argument("--experiment", required=True)),
     "verify": (

@@ -264,10 +264,32 @@ class ExperimentSpec:
     # "<name before the first _> (val-chosen)" takes, per seed, the best on validation
     choose_on_validation: tuple[str, ...] = ()
     reported: tuple[str, ...] = ()  # entries of pipeline/reported.yaml to show beside ours
+    # the papers' headline claims this experiment tests, "method > baseline" (the paper's
+    # direction), optionally "@ noise" (default: the first noise setting); each is a row of
+    # results/tables/fidelity.md, its verdict computed from the two rows' CIs
+    claims: tuple[str, ...] = ()
+    fidelity_note: str = ""  # the measured reason behind this experiment's verdicts
 
     def check(self, where: str) -> None:
+        if where == "experiments.fidelity":
+            raise ParamsError(f"{where}: the name is taken by results/tables/fidelity.md")
         for key in ("noise", "methods"):
             _distinct(where, key, getattr(self, key))
+        for i, text in enumerate(self.claims):
+            claim = parse_claim(text, self.noise[0])
+            if claim is None:
+                raise ParamsError(f'{where}.claims[{i}]: {text!r} is not "method > baseline"')
+            method, baseline, noise = claim
+            for name in (method, baseline):
+                if name.endswith(" (val-chosen)"):
+                    if not self.choose_on_validation:
+                        raise ParamsError(
+                            f"{where}.claims[{i}]: {name!r} needs choose_on_validation"
+                        )
+                elif name.removesuffix(" +ES") not in self.methods:
+                    raise ParamsError(f"{where}.claims[{i}]: {name!r} is not in methods")
+            if noise not in self.noise:
+                raise ParamsError(f"{where}.claims[{i}]: {noise!r} is not in noise")
         for i, name in enumerate(self.choose_on_validation):
             if name not in self.methods:
                 raise ParamsError(f"{where}.choose_on_validation[{i}]: {name!r} is not in methods")
@@ -280,6 +302,19 @@ class ExperimentSpec:
                     f"{where}.reported[{i}]: {name!r} is not in "
                     f"pipeline/reported.yaml (known: {', '.join(known)})"
                 )
+
+
+ROW = r"(\S+(?: \+ES| \(val-chosen\))?)"  # a table row: a method, its +ES or val-chosen row
+CLAIM = re.compile(rf"^\s*{ROW}\s+>\s+{ROW}\s*(?:@\s*(\S+)\s*)?$")
+
+
+def parse_claim(text: str, default_noise: str) -> tuple[str, str, str] | None:
+    """ "method > baseline [@ noise]" as (method, baseline, noise); None if malformed."""
+    match = CLAIM.match(text)
+    if match is None:
+        return None
+    method, baseline, noise = match.groups()
+    return method, baseline, noise or default_noise
 
 
 def _distinct(where: str, key: str, values: tuple) -> None:

@@ -152,6 +152,9 @@ def figure_path(experiment: str) -> str:
     return f"results/figures/{experiment}.png"
 
 
+FIDELITY_PATHS = ("results/tables/fidelity.csv", "results/tables/fidelity.md")
+
+
 def weights_figure_path(experiment: str) -> str:
     return f"results/figures/weights/{experiment}.png"
 
@@ -275,6 +278,20 @@ def weights_job(p: Params, experiment: str) -> Job:
     )
 
 
+def fidelity_job(p: Params) -> Job:
+    """The fidelity summary: one row per claim of the active profile's experiments, from
+    their tables."""
+    claimed = [name for name, exp in p.active_experiments.items() if exp.claims]
+    return Job(
+        "fidelity-all",
+        "python -m pipeline fidelity",
+        tuple(table_paths(name)[0] for name in claimed),
+        FIDELITY_PATHS,
+        tuple(f"experiments.{name}" for name in claimed),
+        committed=FIDELITY_PATHS,
+    )
+
+
 def regions_figure_paths(experiment: str) -> list[str]:
     return [f"results/figures/regions/{experiment}{suffix}.png" for suffix in ("", "_cosine")]
 
@@ -322,7 +339,8 @@ def jobs(p: Params) -> list[Job]:
         if exp.regions_figure:
             found.append(regions_job(p, name))
         out.update((j.name, j) for j in found if j.name not in out)
-    return list(out.values())
+    fidelity = fidelity_job(p)
+    return [*out.values(), *([fidelity] if fidelity.deps else [])]
 
 
 def param_values(p: Params, job: Job) -> dict:
@@ -347,6 +365,7 @@ def job_for(p: Params, stage: str, args: dict) -> Job | None:
         "report": report_job,
         "weights": weights_job,
         "regions": regions_job,
+        "fidelity": fidelity_job,
     }.get(stage)
     return make(p, **args) if make else None
 

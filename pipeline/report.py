@@ -12,7 +12,7 @@ import textwrap
 import pandas as pd
 
 from pipeline import plan
-from pipeline.config import Params, reported_numbers
+from pipeline.config import Params, parse_claim, reported_numbers
 from pipeline.io import read_json, save_figure, write_text
 
 
@@ -255,6 +255,104 @@ def report(p: Params, experiment: str) -> pd.DataFrame:
     else:
         figure(p, experiment, summary, plan.figure_path(experiment))
     return summary
+
+
+VERDICTS = ("reproduced", "not separated", "contradicted")
+
+
+def verdict(ours: tuple[float, float], baseline: tuple[float, float]) -> str:
+    """A claim "ours above baseline" from (mean, 95% CI half-width) of each: reproduced when
+    the intervals are apart in the claim's direction, contradicted when apart the other way,
+    not separated when they overlap."""
+    (a, a_ci), (b, b_ci) = ours, baseline
+    if a - a_ci > b + b_ci:
+        return VERDICTS[0]
+    if b - b_ci > a + a_ci:
+        return VERDICTS[2]
+    return VERDICTS[1]
+
+
+def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per claim of the active profile's experiments, from their summary tables."""
+    reported = reported_numbers()
+    rows = []
+    for name, exp in p.active_experiments.items():
+        cells = tables[name].set_index(["noise", "method"]) if exp.claims else None
+        for text in exp.claims:
+            method, baseline, noise = parse_claim(text, exp.noise[0])
+            ours, base = (cells.loc[(noise, m)] for m in (method, baseline))
+            paper = next(
+                (
+                    reported[r]
+                    for r in exp.reported
+                    if {method, baseline} <= set(reported[r]["values"])
+                ),
+                None,
+            )
+            rows.append(
+                {
+                    "experiment": name,
+                    "claim": f"{method} > {baseline}",
+                    "noise": noise,
+                    "ours": f"{ours.accuracy_mean:.2f} ± {ours.accuracy_ci95:.2f}",
+                    "baseline": f"{base.accuracy_mean:.2f} ± {base.accuracy_ci95:.2f}",
+                    "verdict": verdict(
+                        (ours.accuracy_mean, ours.accuracy_ci95),
+                        (base.accuracy_mean, base.accuracy_ci95),
+                    ),
+                    "paper": paper["label"] if paper else "",
+                    "paper_ours": paper["values"][method] if paper else "",
+                    "paper_baseline": paper["values"][baseline] if paper else "",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def fidelity_markdown(p: Params, rows: pd.DataFrame) -> str:
+    lines = [
+        "# Fidelity: the papers' headline claims, tested on this profile's analogues",
+        "",
+        f"Test accuracy (%), mean ± 95% CI over {len(p.seeds)} seeds. A claim is "
+        '"method above baseline", as the paper reports it. Verdict: **reproduced** (our '
+        "intervals apart, in the paper's direction), **not separated** (they overlap), "
+        "**contradicted** (apart, the other way). The experiments are analogues at CPU "
+        "scale (see each table); a verdict is about the analogue, not the paper.",
+        "",
+        "| experiment | claim | noise | ours | baseline | verdict | paper: ours | "
+        "paper: baseline |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    papers: list[str] = []
+    for r in rows.itertuples():
+        ref = ""
+        if r.paper:
+            papers += [] if r.paper in papers else [r.paper]
+            ref = f" [{papers.index(r.paper) + 1}]"
+        lines.append(
+            f"| [{r.experiment}]({r.experiment}.md) | {r.claim} | {r.noise} | {r.ours} | "
+            f"{r.baseline} | **{r.verdict}** | {r.paper_ours or '—'}{ref} | "
+            f"{r.paper_baseline or '—'} |"
+        )
+    notes = [(n, e.fidelity_note) for n, e in p.active_experiments.items() if e.fidelity_note]
+    if notes:
+        lines += ["", "## Why, where a claim is not reproduced (measured)", ""]
+        lines += [f"- **{name}**: {note}" for name, note in notes]
+    lines += [""] + [f"[{i + 1}] {label}" for i, label in enumerate(papers)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def fidelity(p: Params) -> pd.DataFrame:
+    """results/tables/fidelity.{csv,md} from the tables of the experiments with claims."""
+    tables = {
+        name: pd.read_csv(plan.table_paths(name)[0])
+        for name, exp in p.active_experiments.items()
+        if exp.claims
+    }
+    rows = fidelity_rows(p, tables)
+    csv_path, md_path = plan.FIDELITY_PATHS
+    write_text(rows.to_csv(index=False, lineterminator="\n"), csv_path)
+    write_text(fidelity_markdown(p, rows), md_path)
+    return rows
 
 
 def teacher_records(p: Params, experiment: str) -> tuple[dict, dict, dict]:

@@ -119,6 +119,16 @@ def test_teacher_inputs_follow_the_paper(noisy64):
     assert torch.allclose(w, torch.full_like(w, 1 / 32))
 
 
+def test_loss_feature_is_each_examples_cross_entropy_on_its_given_label(noisy64):
+    method = make_method("dir", noisy64, dtype=torch.float64, features=("M0", "L"))
+    batch = batch_of(noisy64, 0)
+    outputs = method.student.model(batch.x, states=True)
+    inputs = method.teacher_inputs(*outputs, batch.y, (0.25, 1.5, 0.75))
+    expected = -outputs[0].log_softmax(1).gather(1, batch.y[:, None]).squeeze(1)
+    assert inputs.shape == (32, noisy64.num_classes + 1)
+    assert torch.allclose(inputs[:, -1], expected)
+
+
 def test_settings_are_checked():
     with pytest.raises(ParamsError, match="back"):
         build(METHODS["dir"].Settings, {"interval": 2, "back": 3}, "methods.dir")

@@ -30,7 +30,7 @@ def test_teacher_gradient_equals_autograd_through_training(
     student (the oracle starts from the warm start's parameters and momentum)."""
     settings = {
         "teacher_steps": 1,
-        "episode_steps": 5,
+        "episode_steps": 5 + warm_start,
         "state_every": 2,
         "segment": segment,
         "warm_start": warm_start,
@@ -43,10 +43,11 @@ def test_teacher_gradient_equals_autograd_through_training(
     seen: dict = {"steps": []}
 
     class RecordingStudent(Student):
-        """Records the episode student's parameters and optimiser state before its steps."""
+        """Records the episode student's parameters and optimiser state before the
+        teacher-set steps."""
 
         def update(self, loss):
-            if self.step_count == 0 and self.total_steps == 5:
+            if self.step_count == warm_start:
                 named = self.model.named_parameters()
                 seen["theta0"] = {k: p.detach().clone() for k, p in named}
                 seen["v0"] = dict(self.state)
@@ -75,7 +76,7 @@ def test_teacher_gradient_equals_autograd_through_training(
     v = seen["v0"]
     assert bool(v) == bool(warm_start)
     for t, (x, y, state) in enumerate(seen["steps"]):
-        rule = SGDRule(seen["student"].lr_at(t), schedule.momentum)
+        rule = SGDRule(seen["student"].lr_at(warm_start + t), schedule.momentum)
         logits = functional_call(model, theta, (x,))
         phi = method.teacher(state)
         loss = -torch.sigmoid((phi[y] * F.log_softmax(logits, 1)).sum(1)).mean()

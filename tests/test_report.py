@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import parse
+from pipeline.config import ParamsError, parse
 from pipeline.evaluate import classification_metrics, weight_histogram
-from pipeline.report import markdown, mean_ci95, summarise
+from pipeline.report import fidelity_markdown, fidelity_rows, markdown, mean_ci95, summarise
 
 
 def test_mean_ci95_uses_student_t():
@@ -223,3 +223,57 @@ def test_curves_average_seeds_at_every_recorded_step(workdir, tiny_raw):
     assert series["l2rw", "teacher_val_loss"][1] == pytest.approx([0.95, 0.95])
     curves_figure(p, "tiny", "curves.png")
     assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def summary_of(means: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    """A summary table of noise setting uniform40 with (mean, CI) per row name."""
+    return pd.DataFrame(
+        [
+            {"noise": "uniform40", "method": m, "accuracy_mean": a, "accuracy_ci95": ci}
+            for m, (a, ci) in means.items()
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("ours", "expected"),
+    [
+        ((80.0, 1.0), "reproduced"),  # 79-81 above the baseline's 62-64
+        ((65.0, 1.5), "not separated"),  # 63.5-66.5 overlaps 62-64
+        ((58.0, 2.0), "contradicted"),  # 56-60 below 62-64
+    ],
+)
+def test_fidelity_verdict_follows_the_confidence_intervals(tiny_raw, ours, expected):
+    tiny_raw["methods"]["l2rw"] = {}
+    tiny_raw["experiments"]["tiny"].update(
+        methods=["erm", "l2rw"],
+        reported=["l2rw_t1_cifar10"],
+        claims=["l2rw > erm @ uniform40", "l2rw +ES > erm @ uniform40"],
+        fidelity_note="a measured reason",
+    )
+    p = parse(tiny_raw)
+    table = summary_of({"erm": (63.0, 1.0), "l2rw": ours, "l2rw +ES": (80.0, 0.5)})
+    rows = fidelity_rows(p, {"tiny": table})
+    assert rows.verdict.tolist() == [expected, "reproduced"]
+    assert rows.iloc[0].ours == f"{ours[0]:.2f} ± {ours[1]:.2f}"
+    assert (rows.iloc[0].paper_ours, rows.iloc[0].paper_baseline) == (
+        "86.92 ± 0.19",
+        "67.97 ± 0.62",
+    )
+    assert rows.iloc[1].paper == ""  # the paper has no "l2rw +ES" number
+    text = fidelity_markdown(p, rows)
+    assert f"| **{expected}** | 86.92 ± 0.19 [1] | 67.97 ± 0.62 |" in text
+    assert "- **tiny**: a measured reason" in text
+    assert text.rstrip().endswith(
+        "[1] Ren et al. 2018 Table 1: CIFAR-10, uniform flip 40%, WRN-28-10"
+    )
+
+
+@pytest.mark.parametrize(
+    "claim", ["l2rw >> erm", "l2rw > nothing", "l2rw > erm @ clean2", "dir (val-chosen) > erm"]
+)
+def test_malformed_claims_are_refused_naming_the_key(tiny_raw, claim):
+    tiny_raw["methods"]["l2rw"] = {}
+    tiny_raw["experiments"]["tiny"].update(methods=["erm", "l2rw"], claims=[claim])
+    with pytest.raises(ParamsError, match=r"experiments\.tiny\.claims\[0\]"):
+        parse(tiny_raw)

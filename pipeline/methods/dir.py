@@ -8,7 +8,10 @@ Teacher (section 3.3): w = sigmoid(MLP-k([I; M])), normalised to sum 1 in each b
   M0  the label, one-hot (the linear layer on it is the label embedding E M);
   M1  the surface features of section 4.3: the iteration over the total, the average training
       loss so far, the best validation accuracy so far (on the teacher's validation batches),
-      the predicted label (one-hot) and the margin p_y - max_{k != y} p_k.
+      the predicted label (one-hot) and the margin p_y - max_{k != y} p_k;
+  L   beyond the paper: the example's cross entropy on its given label. Under uniform noise
+      whether a label is wrong is independent of I and of y taken one at a time, and the
+      paper's teacher is additive in them; L (like M1's margin) reads the two together.
 The teacher's last layer starts at zero, so training starts from uniform weights (ERM).
 
 Training (Algorithm 1): every K = `interval` student steps, the validation loss at theta_K is
@@ -34,7 +37,7 @@ from pipeline.core.unroll import Step, backward_through_steps, replayed_rng, rng
 from pipeline.methods.base import Batch, Method, MethodSettings
 from pipeline.methods.l2rw import weight_by_noise
 
-FEATURES = ("I0", "I1", "I2", "I3", "M0", "M1")
+FEATURES = ("I0", "I1", "I2", "I3", "M0", "M1", "L")
 SURFACE = 4  # M1's scalars besides the predicted label: iteration, loss, best val acc, margin
 
 
@@ -77,7 +80,7 @@ def validation_loss(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch
 class DIR(Method):
     @dataclass(frozen=True)
     class Settings(MethodSettings):
-        """features: the teacher's inputs (any of I0-I3, M0, M1); hidden_layers: MLP-k;
+        """features: the teacher's inputs (any of I0-I3, M0, M1, L); hidden_layers: MLP-k;
         interval, back: K student steps between teacher updates, B steps differentiated back
         (Table 8; B <= K); deeper: keep dw/dtheta; metric: the validation measure;
         teacher_lr: Adam's step size; val_batch_size: None = the training batch size."""
@@ -121,7 +124,12 @@ class DIR(Method):
                 f"dir feature I{deepest}: this student has internal states I0-I{len(levels) - 1}"
             )
         c = ctx.data.num_classes
-        widths = {"M0": c, "M1": SURFACE + c, **{f"I{i}": s.shape[1] for i, s in enumerate(levels)}}
+        widths = {
+            "M0": c,
+            "M1": SURFACE + c,
+            "L": 1,
+            **{f"I{i}": s.shape[1] for i, s in enumerate(levels)},
+        }
         device = x.device
         self.teacher = WeightTeacher(
             sum(widths[f] for f in settings.features), settings.hidden_layers
@@ -143,6 +151,8 @@ class DIR(Method):
                 parts.append(levels[int(name[1])])
             elif name == "M0":
                 parts.append(F.one_hot(y, c).to(logits.dtype))
+            elif name == "L":
+                parts.append(F.cross_entropy(logits, y, reduction="none")[:, None])
             else:
                 p = logits.softmax(1)
                 p_y = p.gather(1, y[:, None])

@@ -13,10 +13,13 @@ momentum SGD under the current teacher, differentiates the smoothed dev measure 
 0-1 accuracy, mean p_y on the validation split) back through those T steps and takes an Adam
 step on the teacher. Reverse mode keeps a checkpoint every `segment` steps and recomputes
 each segment (pipeline/core/unroll.py: exact at any T, O(T / segment + segment) states; 1
-keeps every theta_t as the authors' demo does). `warm_start` CE steps before each episode
-start it from a partly trained student, as the demo does. The teacher with the best dev
-measure is kept (chosen on dev). Then the test phase: the run's student trains from its own
-initialisation with that teacher, and is scored on the test split as every run is.
+keeps every theta_t as the authors' demo does). With `warm_start` = W, the first W steps of
+every student (episodes and the test phase alike) are plain cross entropy and the teacher
+sets the loss of the rest, so the teacher learns from, and then teaches, a CE-pretrained
+student, as the demo does; reverse mode then runs through the T - W teacher-set steps. The
+teacher with the best dev measure is kept (chosen on dev). Then the test phase: the run's
+student trains from its own initialisation with that teacher, and is scored on the test
+split as every run is.
 The state is an input, not a path of the gradient (ds/dtheta = 0).
 """
 
@@ -113,8 +116,8 @@ class DLF(Method):
         that the state's iteration feature means the same in both phases); keys: N of the
         attention; key_spread: the keys' initial differences; teacher_lr: Adam's alpha;
         state_every: steps between refreshes of the dev statistics; segment: steps between
-        reverse-mode checkpoints (None: sqrt(T); 1 keeps every state); warm_start: CE steps
-        that train each episode's fresh student before its T steps."""
+        reverse-mode checkpoints (None: sqrt(T); 1 keeps every state); warm_start: the
+        first steps of every student that are plain cross entropy."""
 
         teacher_steps: int = 60
         episode_steps: int | None = None  # None: as long as the run's own training
@@ -155,36 +158,34 @@ class DLF(Method):
     # ---- teacher optimisation ----
 
     def episode(self, k: int) -> dict:
-        """One teacher optimisation step: a fresh student (warm-started by CE steps when
-        set) for T steps under the teacher, then reverse mode through those T steps."""
+        """One teacher optimisation step: a fresh student for T steps (the first warm_start
+        of them cross entropy), then reverse mode through the teacher-set steps."""
         s, data = self.settings, self.ctx.data
         seed = generator("dlf-episode", self.run_seed, k).initial_seed()
         model = fresh_copy(self.student.model, seed)
         length = s.episode_steps or self.student.total_steps
+        if s.warm_start >= length:
+            raise ValueError(f"dlf: warm_start {s.warm_start} leaves none of {length} steps")
+        student = Student(model, self.ctx.schedule, length)
+        tracker = StateTracker(data, length, s.state_every)
+        every = segment_length(length - s.warm_start, s.segment)
         g = generator("dlf-batches", self.run_seed, k)
         size = self.ctx.schedule.batch_size
-
-        def draw() -> torch.Tensor:
-            return torch.randint(0, len(data.train_y), (size,), generator=g).to(data.train_y.device)
-
-        warm = Student(model, self.ctx.schedule, max(1, s.warm_start))
-        for _ in range(s.warm_start):
-            index = draw()
-            warm.update(cross_entropy(model(data.train_x[index]), data.train_y[index]).mean())
-        student = Student(model, self.ctx.schedule, length)
-        student.state = dict(warm.state)
-        tracker = StateTracker(data, length, s.state_every)
-        every = segment_length(length, s.segment)
         steps, checkpoints = [], []
         for t in range(length):
-            index = draw()
+            index = torch.randint(0, len(data.train_y), (size,), generator=g).to(
+                data.train_y.device
+            )
             x, y = data.train_x[index], data.train_y[index]
             state = tracker.state(model, t)
             rng = rng_state(x.device)
-            if t % every == 0:
+            if t >= s.warm_start and (t - s.warm_start) % every == 0:
                 checkpoints.append((copies(params_of(model)), copies(student.state)))
             logits = model(x)
             tracker.observe(logits, y)
+            if t < s.warm_start:
+                student.update(cross_entropy(logits, y).mean())
+                continue
             with torch.no_grad():
                 phi = self.teacher(state)
             lr = student.rule().lr
@@ -261,6 +262,10 @@ class DLF(Method):
         state = self.tracker.state(student.model, student.step_count)
         logits = student.model(batch.x)
         self.tracker.observe(logits, batch.y)
+        if student.step_count < self.settings.warm_start:
+            loss = cross_entropy(logits, batch.y).mean()
+            student.update(loss)
+            return {"loss": loss.detach()}
         with torch.no_grad():
             phi = self.teacher(state)
         loss = dynamic_loss(logits, batch.y, phi).mean()

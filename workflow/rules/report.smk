@@ -45,3 +45,22 @@ rule regions:
         settings=lambda wc: settings(plan.regions_job(P, wc.experiment)),
     shell:
         "python -m pipeline regions --experiment {wildcards.experiment}"
+
+
+# fidelity.md would also match the report rule's pattern
+ruleorder: fidelity > report
+
+
+rule fidelity:
+    input:
+        plan.fidelity_job(P).deps,
+    output:
+        plan.FIDELITY_PATHS,
+    log:
+        plan.log_path("fidelity", "all"),
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        settings=lambda wc: settings(plan.fidelity_job(P)),
+    shell:
+        "python -m pipeline fidelity"
