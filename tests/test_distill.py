@@ -224,3 +224,36 @@ def test_virtual_step_is_the_students_rule(task):
     expected = torch.autograd.grad(loss, list(moved.values()))
     for k, g in zip(moved, expected, strict=True):
         torch.testing.assert_close(v[k], g, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("aux_target", ["student", "teacher"])
+@pytest.mark.parametrize("influence_scale", ["teacher_lr", "first_order", "one"])
+def test_lgtm_teacher_objective_settings(task, aux_target, influence_scale):
+    """The teacher's gradient is scale * d influence + d L_aux: L_aux fits the teacher to the
+    student (the authors' code: soft cross entropy with the student's distribution as the
+    target) or the paper's reading (the teacher's distribution as the target), plus
+    teacher_alpha times its own cross entropy; the scale is the teacher's rate, the student's
+    rate times alpha, or 1."""
+    method = make(
+        "lgtm", task, influence="jvp", aux_target=aux_target, influence_scale=influence_scale
+    )
+    batch = Batch(task.train_x[:6], task.train_y[:6], torch.arange(6))
+    captured = {}
+    method.update_teacher = lambda loss: captured.setdefault("loss", loss)
+    method.update_student = lambda logits, batch: torch.tensor(0.0)
+    method.val_batch = lambda size=None: (task.val_x, task.val_y)
+    method.step(batch)
+    teacher = list(method.teacher.parameters())
+    got = torch.autograd.grad(captured["loss"], teacher)
+
+    teacher_logits, logits, rng, grads = method.training_forward(batch)
+    v, _ = method.validation_gradient(grads)
+    influence = method.influence(batch.x, logits.detach(), teacher_logits, v, rng)
+    s, t, z = method.settings, teacher_logits, logits.detach()
+    target, prediction = (z, t) if aux_target == "student" else (t, z)
+    soft_ce = -(target.softmax(1) * prediction.log_softmax(1)).sum(1).mean()
+    aux = s.teacher_alpha * F.cross_entropy(t, batch.y) + (1 - s.teacher_alpha) * soft_ce
+    scale = {"teacher_lr": s.teacher_lr, "first_order": SCHEDULE.lr * s.alpha, "one": 1.0}
+    expected = torch.autograd.grad(scale[influence_scale] * influence + aux, teacher)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-14)

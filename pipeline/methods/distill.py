@@ -16,8 +16,8 @@ The methods differ in the teacher:
 - `dml` (Zhang et al. 2018): trained jointly, on (1 - alpha) CE(y, T) + alpha D(S, T).
 - `meta_distill` (Zhou et al. 2022): descends the student's validation loss after one step,
   R(theta'), theta' = step(theta, grad L_s(omega)): the core's one-step JVP route, exact.
-- `lgtm` (Ren et al. 2023, Algorithm 1): descends L_influence + L_aux with
-  L_aux = teacher_alpha CE(y, T) + (1 - teacher_alpha) D(T, S) and the distillation influence
+- `lgtm` (Ren et al. 2023, Algorithm 1): descends scale * L_influence + L_aux with
+  L_aux = teacher_alpha CE(y, T) + (1 - teacher_alpha) D_aux and the distillation influence
   L_influence = -(1/B) sum_i < grad_theta D_i(T, S), v >, v = grad R(theta') at the student's
   virtual step. `influence: fd` takes it by the paper's central finite difference (two student
   forwards at theta +- eps v, eps = epsilon / |v|); `influence: jvp` exactly, as the tangent of
@@ -26,7 +26,13 @@ The methods differ in the teacher:
   v, differentiated again: the reference for timing, LGTM Table 3). The sign: to first order
   the student's step changes R by -lr alpha < grad D, v >, so the teacher that lowers R raises
   the influence (the paper's eq. 10 prints it without the minus that its Appendix C
-  derivation carries).
+  derivation carries). Two choices the paper leaves open, as settings: `aux_target` student
+  (the default, as the authors' code: D_aux = D(S, T), the teacher fits the student's
+  distribution, KL(S || T) for `ce`) or teacher (D(T, S) differentiated through T, as the
+  paper's notation reads; its minimiser moves the teacher's mass onto the student's argmax);
+  `influence_scale` teacher_lr (the default, as the authors' code: the influence times the
+  teacher's Adam rate), first_order (the student's rate times alpha: the weight the influence
+  has in R(theta') to first order) or one.
 The teachers that learn are updated before the student (the paper's order), with Adam.
 
 Dropout: the forwards at theta +- eps v (and the JVP) replay the random state of the student's
@@ -212,6 +218,8 @@ class LGTM(MetaDistill):
         teacher_alpha: float = 0.6  # the teacher's own cross entropy in L_aux (Table 7)
         influence: Literal["fd", "jvp", "double_backward"] = "fd"
         epsilon: float = 0.01  # fd: step along v, relative to |v|
+        aux_target: Literal["student", "teacher"] = "student"  # see the module docstring
+        influence_scale: Literal["teacher_lr", "first_order", "one"] = "teacher_lr"
 
         def check(self, where: str) -> None:
             from pipeline.config import ParamsError
@@ -257,16 +265,30 @@ class LGTM(MetaDistill):
         plus, minus = (self.distill(teacher_logits, s) for s in shifted)
         return -(plus - minus) / (2 * eps)
 
-    def step(self, batch: Batch):
+    def influence_weight(self) -> float:
         s = self.settings
+        return {
+            "teacher_lr": s.teacher_lr,
+            "first_order": self.student.rule().lr * s.alpha,
+            "one": 1.0,
+        }[s.influence_scale]
+
+    def auxiliary(self, teacher_logits, logits, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_aux, the teacher's cross entropy) with the student's logits held fixed."""
+        s, student = self.settings, logits.detach()
+        if s.aux_target == "student":
+            fit = self.distill(student, teacher_logits)
+        else:
+            fit = self.distill(teacher_logits, student)
+        teacher_ce = F.cross_entropy(teacher_logits, y)
+        return s.teacher_alpha * teacher_ce + (1 - s.teacher_alpha) * fit, teacher_ce
+
+    def step(self, batch: Batch):
         teacher_logits, logits, rng, grads = self.training_forward(batch)
         v, r_after = self.validation_gradient(grads)
         influence = self.influence(batch.x, logits.detach(), teacher_logits, v, rng)
-        teacher_ce = F.cross_entropy(teacher_logits, batch.y)
-        aux = s.teacher_alpha * teacher_ce + (1 - s.teacher_alpha) * self.distill(
-            teacher_logits, logits.detach()
-        )
-        self.update_teacher(influence + aux)
+        aux, teacher_ce = self.auxiliary(teacher_logits, logits, batch.y)
+        self.update_teacher(self.influence_weight() * influence + aux)
         return {
             "loss": self.update_student(logits, batch),
             "val_loss": r_after.detach(),
