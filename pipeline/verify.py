@@ -10,6 +10,8 @@ Otherwise (fast numerics or a GPU, on either side) numbers must agree within TOL
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import shutil
@@ -138,7 +140,25 @@ def retrain(p: Params, run: plan.Run) -> None:
     train_runs(p, [run])
 
 
-def compare(run: plan.Run, repo: Path) -> tuple[list[str], list[str]]:
+def with_later_defaults(p: Params, metrics: dict) -> dict:
+    """A committed metrics.json with the options added to the code since it was made filled
+    in at their defaults (what that run used), so that they are not reported as differences."""
+    for section, entries in metrics.get("settings", {}).items():
+        for name, values in entries.items():
+            spec = {
+                "dataset": p.datasets,
+                "noise": p.noise,
+                "model": p.models,
+                "schedule": p.schedules,
+                "method": p.methods,
+            }[section][name]
+            for f in dataclasses.fields(spec):
+                if f.name not in values and f.default is not dataclasses.MISSING:
+                    values[f.name] = json.loads(json.dumps(f.default))
+    return metrics
+
+
+def compare(p: Params, run: plan.Run, repo: Path) -> tuple[list[str], list[str]]:
     """Differences of the run retrained here from the committed one in `repo`: (in any bit,
     beyond what the comparison allows: nothing when both runs used portable numerics on a
     CPU, TOLERANCE otherwise). Its noise split's summary must be equal."""
@@ -146,6 +166,10 @@ def compare(run: plan.Run, repo: Path) -> tuple[list[str], list[str]]:
         name: (read_json(run.file(name)), read_json(repo / run.file(name)))
         for name in ("metrics.json", "history.json")
     }
+    pairs["metrics.json"] = (
+        pairs["metrics.json"][0],
+        with_later_defaults(p, pairs["metrics.json"][1]),
+    )
     exact = exact_pair(*pairs["metrics.json"])
     bits: list[str] = []
     allowed: list[str] = []
@@ -176,10 +200,10 @@ def verify(p: Params, kinds: list[str] | None = None) -> int:
             for run in runs:
                 log(f"verify: retraining {run.name}")
                 retrain(p, run)
-                bits, found = compare(run, repo)
+                bits, found = compare(p, run, repo)
                 for source in teacher_runs(p, run):
                     if (repo / source.file("metrics.json")).exists():
-                        more = compare(source, repo)
+                        more = compare(p, source, repo)
                         bits, found = bits + more[0], found + more[1]
                 verdict = "DIFFERS" if found else "within tolerance" if bits else "same bits"
                 failed += bool(found)

@@ -3,6 +3,7 @@ runs record, and a verify command that retrains committed runs and finds where t
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -149,3 +150,22 @@ def test_rewritten_results_do_not_make_the_revision_dirty(tmp_path, monkeypatch)
     assert git_revision() == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_revision() == clean + "+dirty"
+
+
+@needs_portable
+def test_verify_fills_in_options_added_after_a_run_was_committed(workdir):
+    """A committed metrics.json made before an option existed (here the schedule's optimizer
+    and fit_curve) took its default: no difference; a non-default value would be one."""
+    set_numerics("portable")
+    train_tiny(MACHINES[0])
+    metrics = Path("results/runs/digits/mlp/short/clean/erm/seed0/metrics.json")
+    saved = json.loads(metrics.read_text())
+    for key in ("optimizer", "fit_curve"):
+        del saved["settings"]["schedule"]["short"][key]
+    metrics.write_text(json.dumps(saved))
+    out = stage("verify", machine=MACHINES[0])
+    assert out.returncode == 0 and "same bits        erm" in out.stdout, out.stdout + out.stderr
+    saved["settings"]["schedule"]["short"]["momentum"] = 0.5
+    metrics.write_text(json.dumps(saved))
+    out = stage("verify", machine=MACHINES[0])
+    assert out.returncode == 1 and "momentum" in out.stdout
