@@ -265,8 +265,9 @@ class ExperimentSpec:
     choose_on_validation: tuple[str, ...] = ()
     reported: tuple[str, ...] = ()  # entries of pipeline/reported.yaml to show beside ours
     # the papers' headline claims this experiment tests, "method > baseline" (the paper's
-    # direction), optionally "@ noise" (default: the first noise setting); each is a row of
-    # results/tables/fidelity.md, its verdict computed from the two rows' CIs
+    # direction), optionally "@ noise" (default: the first noise setting) and "from <entry>"
+    # (the `reported` entry with the paper's numbers; default: the first that has both
+    # rows); each is a row of results/tables/fidelity.md, its verdict from the rows' CIs
     claims: tuple[str, ...] = ()
     fidelity_note: str = ""  # the measured reason behind this experiment's verdicts
 
@@ -279,8 +280,7 @@ class ExperimentSpec:
             claim = parse_claim(text, self.noise[0])
             if claim is None:
                 raise ParamsError(f'{where}.claims[{i}]: {text!r} is not "method > baseline"')
-            method, baseline, noise = claim
-            for name in (method, baseline):
+            for name in (claim.method, claim.baseline):
                 if name.endswith(" (val-chosen)"):
                     if not self.choose_on_validation:
                         raise ParamsError(
@@ -288,8 +288,10 @@ class ExperimentSpec:
                         )
                 elif name.removesuffix(" +ES") not in self.methods:
                     raise ParamsError(f"{where}.claims[{i}]: {name!r} is not in methods")
-            if noise not in self.noise:
-                raise ParamsError(f"{where}.claims[{i}]: {noise!r} is not in noise")
+            if claim.noise not in self.noise:
+                raise ParamsError(f"{where}.claims[{i}]: {claim.noise!r} is not in noise")
+            if claim.paper is not None and claim.paper not in self.reported:
+                raise ParamsError(f"{where}.claims[{i}]: {claim.paper!r} is not in reported")
         for i, name in enumerate(self.choose_on_validation):
             if name not in self.methods:
                 raise ParamsError(f"{where}.choose_on_validation[{i}]: {name!r} is not in methods")
@@ -305,16 +307,23 @@ class ExperimentSpec:
 
 
 ROW = r"(\S+(?: \+ES| \(val-chosen\))?)"  # a table row: a method, its +ES or val-chosen row
-CLAIM = re.compile(rf"^\s*{ROW}\s+>\s+{ROW}\s*(?:@\s*(\S+)\s*)?$")
+CLAIM = re.compile(rf"^\s*{ROW}\s+>\s+{ROW}(?:\s+@\s*(\S+))?(?:\s+from\s+(\S+))?\s*$")
 
 
-def parse_claim(text: str, default_noise: str) -> tuple[str, str, str] | None:
-    """ "method > baseline [@ noise]" as (method, baseline, noise); None if malformed."""
+class Claim(typing.NamedTuple):
+    method: str
+    baseline: str
+    noise: str
+    paper: str | None  # the reported.yaml entry named with "from", if any
+
+
+def parse_claim(text: str, default_noise: str) -> Claim | None:
+    """ "method > baseline [@ noise] [from entry]"; None if malformed."""
     match = CLAIM.match(text)
     if match is None:
         return None
-    method, baseline, noise = match.groups()
-    return method, baseline, noise or default_noise
+    method, baseline, noise, paper = match.groups()
+    return Claim(method, baseline, noise or default_noise, paper)
 
 
 def _distinct(where: str, key: str, values: tuple) -> None:

@@ -272,6 +272,13 @@ def verdict(ours: tuple[float, float], baseline: tuple[float, float]) -> str:
     return VERDICTS[1]
 
 
+def interval(row) -> str:
+    """Mean ± CI of a summary row, with † when its seeds span more than UNSTABLE_RANGE."""
+    values = [float(v) for v in str(row.accuracy_per_seed).split()]
+    mark = " †" if values and max(values) - min(values) > UNSTABLE_RANGE else ""
+    return f"{row.accuracy_mean:.2f} ± {row.accuracy_ci95:.2f}{mark}"
+
+
 def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per claim of the active profile's experiments, from their summary tables."""
     reported = reported_numbers()
@@ -279,12 +286,13 @@ def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     for name, exp in p.active_experiments.items():
         cells = tables[name].set_index(["noise", "method"]) if exp.claims else None
         for text in exp.claims:
-            method, baseline, noise = parse_claim(text, exp.noise[0])
+            method, baseline, noise, named = parse_claim(text, exp.noise[0])
             ours, base = (cells.loc[(noise, m)] for m in (method, baseline))
+            candidates = [named] if named else exp.reported
             paper = next(
                 (
                     reported[r]
-                    for r in exp.reported
+                    for r in candidates
                     if {method, baseline} <= set(reported[r]["values"])
                 ),
                 None,
@@ -294,8 +302,8 @@ def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                     "experiment": name,
                     "claim": f"{method} > {baseline}",
                     "noise": noise,
-                    "ours": f"{ours.accuracy_mean:.2f} ± {ours.accuracy_ci95:.2f}",
-                    "baseline": f"{base.accuracy_mean:.2f} ± {base.accuracy_ci95:.2f}",
+                    "ours": interval(ours),
+                    "baseline": interval(base),
                     "verdict": verdict(
                         (ours.accuracy_mean, ours.accuracy_ci95),
                         (base.accuracy_mean, base.accuracy_ci95),
@@ -315,8 +323,10 @@ def fidelity_markdown(p: Params, rows: pd.DataFrame) -> str:
         f"Test accuracy (%), mean ± 95% CI over {len(p.seeds)} seeds. A claim is "
         '"method above baseline", as the paper reports it. Verdict: **reproduced** (our '
         "intervals apart, in the paper's direction), **not separated** (they overlap), "
-        "**contradicted** (apart, the other way). The experiments are analogues at CPU "
-        "scale (see each table); a verdict is about the analogue, not the paper.",
+        "**contradicted** (apart, the other way); † marks a row whose seeds lie more than "
+        f"{UNSTABLE_RANGE:g} points apart (different regimes; its table lists them). The "
+        "experiments are analogues at CPU scale (see each table); a verdict is about the "
+        "analogue, not the paper.",
         "",
         "| experiment | claim | noise | ours | baseline | verdict | paper: ours | "
         "paper: baseline |",
@@ -335,7 +345,7 @@ def fidelity_markdown(p: Params, rows: pd.DataFrame) -> str:
         )
     notes = [(n, e.fidelity_note) for n, e in p.active_experiments.items() if e.fidelity_note]
     if notes:
-        lines += ["", "## Why, where a claim is not reproduced (measured)", ""]
+        lines += ["", "## What was measured behind the verdicts", ""]
         lines += [f"- **{name}**: {note}" for name, note in notes]
     lines += [""] + [f"[{i + 1}] {label}" for i, label in enumerate(papers)]
     return "\n".join(lines).rstrip() + "\n"

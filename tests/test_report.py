@@ -225,11 +225,18 @@ def test_curves_average_seeds_at_every_recorded_step(workdir, tiny_raw):
     assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def summary_of(means: dict[str, tuple[float, float]]) -> pd.DataFrame:
-    """A summary table of noise setting uniform40 with (mean, CI) per row name."""
+def summary_of(means: dict[str, tuple[float, float]], spread: float = 1.0) -> pd.DataFrame:
+    """A summary table of noise setting uniform40 with (mean, CI) per row name and two seeds
+    `spread` points apart."""
     return pd.DataFrame(
         [
-            {"noise": "uniform40", "method": m, "accuracy_mean": a, "accuracy_ci95": ci}
+            {
+                "noise": "uniform40",
+                "method": m,
+                "accuracy_mean": a,
+                "accuracy_ci95": ci,
+                "accuracy_per_seed": f"{a - spread / 2:.2f} {a + spread / 2:.2f}",
+            }
             for m, (a, ci) in means.items()
         ]
     )
@@ -276,4 +283,23 @@ def test_malformed_claims_are_refused_naming_the_key(tiny_raw, claim):
     tiny_raw["methods"]["l2rw"] = {}
     tiny_raw["experiments"]["tiny"].update(methods=["erm", "l2rw"], claims=[claim])
     with pytest.raises(ParamsError, match=r"experiments\.tiny\.claims\[0\]"):
+        parse(tiny_raw)
+
+
+def test_fidelity_names_the_papers_entry_and_marks_unstable_rows(tiny_raw):
+    """ "from <entry>" picks the paper's table (here CIFAR-100's, not the first listed); a row
+    whose seeds span more than UNSTABLE_RANGE is marked as in the tables."""
+    tiny_raw["methods"]["l2rw"] = {}
+    tiny_raw["experiments"]["tiny"].update(
+        methods=["erm", "l2rw"],
+        reported=["l2rw_t1_cifar10", "l2rw_t1_cifar100"],
+        claims=["l2rw > erm @ uniform40 from l2rw_t1_cifar100"],
+    )
+    p = parse(tiny_raw)
+    table = summary_of({"erm": (63.0, 1.0), "l2rw": (80.0, 1.0)}, spread=12.0)
+    (row,) = fidelity_rows(p, {"tiny": table}).itertuples()
+    assert (row.paper_ours, row.paper_baseline) == ("61.34 ± 2.06", "50.66 ± 0.24")
+    assert row.ours == "80.00 ± 1.00 †" and row.verdict == "reproduced"
+    tiny_raw["experiments"]["tiny"]["claims"] = ["l2rw > erm from l2rw_t2_cifar10"]
+    with pytest.raises(ParamsError, match=r"claims\[0\]: 'l2rw_t2_cifar10' is not in reported"):
         parse(tiny_raw)
