@@ -261,7 +261,7 @@ class ExperimentSpec:
     # (LGTM Figure 2) instead of test accuracy per noise setting
     curves_figure: bool = False
     # variants of one method (e.g. focal_g05, focal_g1, focal_g2): an extra row
-    # "<name before the first _> (val-chosen)" takes, per seed, the best on validation
+    # "<the variants' common name> (val-chosen)" takes, per seed, the best on validation
     choose_on_validation: tuple[str, ...] = ()
     reported: tuple[str, ...] = ()  # entries of pipeline/reported.yaml to show beside ours
     # the papers' headline claims this experiment tests, "method > baseline" (the paper's
@@ -270,6 +270,20 @@ class ExperimentSpec:
     # rows); each is a row of results/tables/fidelity.md, its verdict from the rows' CIs
     claims: tuple[str, ...] = ()
     fidelity_note: str = ""  # the measured reason behind this experiment's verdicts
+
+    @property
+    def chosen_row(self) -> str | None:
+        """The row choose_on_validation adds: the variants' common name (whole "_" parts;
+        focal_g05, focal_g1 -> focal) and " (val-chosen)"."""
+        if not self.choose_on_validation:
+            return None
+        common = []
+        names = (name.split("_") for name in self.choose_on_validation)
+        for parts in zip(*names, strict=False):  # up to the shortest name
+            if len(set(parts)) > 1:
+                break
+            common.append(parts[0])
+        return f"{'_'.join(common) or self.choose_on_validation[0]} (val-chosen)"
 
     def check(self, where: str) -> None:
         if where == "experiments.fidelity":
@@ -282,9 +296,10 @@ class ExperimentSpec:
                 raise ParamsError(f'{where}.claims[{i}]: {text!r} is not "method > baseline"')
             for name in (claim.method, claim.baseline):
                 if name.endswith(" (val-chosen)"):
-                    if not self.choose_on_validation:
+                    if name != self.chosen_row:
                         raise ParamsError(
-                            f"{where}.claims[{i}]: {name!r} needs choose_on_validation"
+                            f"{where}.claims[{i}]: {name!r} is not this experiment's "
+                            f"choose_on_validation row ({self.chosen_row})"
                         )
                 elif name.removesuffix(" +ES") not in self.methods:
                     raise ParamsError(f"{where}.claims[{i}]: {name!r} is not in methods")

@@ -50,11 +50,11 @@ def collect(p: Params, experiment: str) -> pd.DataFrame:
 
 
 def chosen_on_validation(exp, runs: list) -> list[dict]:
-    """Rows "<name> (val-chosen)": per noise setting and seed, the test metrics of the variant
+    """Rows exp.chosen_row: per noise setting and seed, the test metrics of the variant
     in `choose_on_validation` with the best validation accuracy (first listed on ties)."""
     if not exp.choose_on_validation:
         return []
-    name = f"{exp.choose_on_validation[0].split('_')[0]} (val-chosen)"
+    name = exp.chosen_row
     best: dict[tuple[str, int], dict] = {}
     for run in runs:
         if run.method in exp.choose_on_validation:

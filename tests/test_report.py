@@ -277,7 +277,13 @@ def test_fidelity_verdict_follows_the_confidence_intervals(tiny_raw, ours, expec
 
 
 @pytest.mark.parametrize(
-    "claim", ["l2rw >> erm", "l2rw > nothing", "l2rw > erm @ clean2", "dir (val-chosen) > erm"]
+    "claim",
+    [
+        "l2rw >> erm",
+        "l2rw > nothing",
+        "l2rw > erm @ clean2",
+        "dir (val-chosen) > erm",  # the experiment chooses no variant on validation
+    ],
 )
 def test_malformed_claims_are_refused_naming_the_key(tiny_raw, claim):
     tiny_raw["methods"]["l2rw"] = {}
@@ -302,4 +308,19 @@ def test_fidelity_names_the_papers_entry_and_marks_unstable_rows(tiny_raw):
     assert row.ours == "80.00 ± 1.00 †" and row.verdict == "reproduced"
     tiny_raw["experiments"]["tiny"]["claims"] = ["l2rw > erm from l2rw_t2_cifar10"]
     with pytest.raises(ParamsError, match=r"claims\[0\]: 'l2rw_t2_cifar10' is not in reported"):
+        parse(tiny_raw)
+
+
+def test_the_val_chosen_row_is_named_by_the_variants_common_name(tiny_raw):
+    experiment = tiny_raw["experiments"]["tiny"]
+    for variants, row in (
+        (["focal_g05", "focal_g1", "focal_g2"], "focal (val-chosen)"),
+        (["dlf", "dlf_warm"], "dlf (val-chosen)"),
+        (["dir_loss_k2b2", "dir_loss_k2b2_lr01"], "dir_loss_k2b2 (val-chosen)"),
+    ):
+        tiny_raw["methods"].update({v: {"method": "erm"} for v in variants})
+        experiment.update(methods=variants, choose_on_validation=variants, claims=[])
+        assert parse(tiny_raw).experiments["tiny"].chosen_row == row
+    experiment["claims"] = ["dir (val-chosen) > dir_loss_k2b2"]
+    with pytest.raises(ParamsError, match=r"claims\[0\]: 'dir \(val-chosen\)' is not"):
         parse(tiny_raw)
