@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a run diverged: its name, step and tensor, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 class _Tee:

@@ -54,8 +54,9 @@ def load_torch(path: str | Path) -> Any:
 
 
 def dumps_json(obj: Any) -> str:
-    """Stable JSON: sorted keys, fixed indentation, a final newline."""
-    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    """Stable, strict JSON: sorted keys, fixed indentation, a final newline; NaN and
+    infinities are refused (json would write them as invalid JSON)."""
+    return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
 def write_json(obj: Any, path: str | Path) -> None:

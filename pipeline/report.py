@@ -35,6 +35,7 @@ def collect(p: Params, experiment: str) -> pd.DataFrame:
     rows = []
     for run in plan.runs(p, experiment):
         m = read_json(run.file("metrics.json"))
+        finite_or_refuse(run.file("metrics.json"), m)
         rows.append({"noise": run.noise, "method": run.method, "seed": run.seed, **m["test"]})
         if exp.early_stopping and "test_best_val" in m:
             rows.append(
@@ -47,6 +48,14 @@ def collect(p: Params, experiment: str) -> pd.DataFrame:
             )
     rows += chosen_on_validation(exp, plan.runs(p, experiment))
     return pd.DataFrame(rows)
+
+
+def finite_or_refuse(path: str, metrics: dict) -> None:
+    """A table never averages a NaN or an infinity: name the file and the figure."""
+    for section in ("test", "test_best_val"):
+        for key, value in metrics.get(section, {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise FloatingPointError(f"{path}: {section}.{key} is {value}; retrain this run")
 
 
 def chosen_on_validation(exp, runs: list) -> list[dict]:

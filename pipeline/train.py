@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -92,6 +93,16 @@ def validation_figures(model: torch.nn.Module, data: TaskData, method) -> dict:
         "val_acc": round(accuracy(logits, data.val_y), 6),
         **method.validation_metrics(logits),
     }
+
+
+@contextmanager
+def named_failure(run: Run, when: object):
+    """A NaN or an infinity (core/student.py, or a method's own check) names the run."""
+    try:
+        yield
+    except FloatingPointError as e:
+        where = f"epoch {when}" if isinstance(when, int) else when
+        raise FloatingPointError(f"{run.name}, {where}, {e}") from e
 
 
 def train_cell(p: Params, cell: Cell) -> None:
@@ -192,7 +203,9 @@ def train(
         model.train()
         sums: dict[str, torch.Tensor] = {}
         for batch in batches(data, schedule.batch_size, seed, epoch, schedule.augment, unlabelled):
-            for key, value in teacher.step(batch).items():
+            with named_failure(run, epoch + 1):
+                logs = teacher.step(batch)
+            for key, value in logs.items():
                 sums[key] = sums.get(key, 0.0) + value
             progress.update(student.step_count)
             step = student.step_count
@@ -235,7 +248,8 @@ def train(
             return out_dir
 
     if teacher.settings.finetune_steps:
-        history.append(finetune(student, data, teacher.settings.finetune_steps, seed))
+        with named_failure(run, "fine-tuning"):
+            history.append(finetune(student, data, teacher.settings.finetune_steps, seed))
     save_torch(
         {
             "model": model.state_dict(),

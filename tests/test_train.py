@@ -202,3 +202,36 @@ def test_every_stage_is_described_in_the_help(capsys):
     described = re.findall(r"^    (\S+) +\S", listing, re.M)
     stages = re.search(r"\{([a-z,-]+)\}", listing).group(1).split(",")
     assert described == stages and "bench" in stages
+
+
+@pytest.mark.parametrize(
+    ("lr", "found"),
+    [
+        (1e6, r"step \d+: the training loss is nan"),  # diverges over a few steps
+        (float("nan"), r"step 1: the parameter of \S+ is not finite"),  # the first update
+    ],
+)
+def test_a_diverging_run_stops_naming_the_run_the_step_and_the_tensor(prepared, capsys, lr, found):
+    """One check in the student's update serves every method: a NaN or an infinity stops the
+    job before it is applied (exit 1, no traceback) and nothing is written for the run."""
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["schedules"]["short"]["lr"] = lr
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["train", "--noise", "clean", *RUN_ARGS, "--seeds", "0"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"error: digits-mlp-short-clean-erm-seed0, epoch \d+, " + found, err), err
+    assert "Traceback" not in err
+    clean = plan.Run("digits", "mlp", "short", "clean", "erm", 0)
+    assert not Path(clean.file("metrics.json")).exists()
+
+
+def test_json_is_strict_and_a_table_refuses_a_non_finite_metric(prepared):
+    from pipeline.io import write_json
+    from pipeline.report import finite_or_refuse
+
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        write_json({"loss": float("nan")}, "results/x.json")
+    assert not Path("results/x.json").exists()
+    with pytest.raises(FloatingPointError, match=r"m\.json: test\.accuracy is nan"):
+        finite_or_refuse("m.json", {"test": {"accuracy": float("nan"), "error": 0.0}})
+    finite_or_refuse("m.json", {"test": {"accuracy": 90.0}})

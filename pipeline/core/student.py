@@ -17,6 +17,17 @@ from pipeline.config import ScheduleSpec
 from pipeline.core.optim import AdamRule, Rule, SGDRule, State
 
 
+class NonFinite(FloatingPointError):
+    """Training produced a NaN or an infinity (the message names the step and the tensor)."""
+
+
+def first_bad(quantity: str, tensors: dict[str, torch.Tensor], step: int) -> None:
+    """Raise NonFinite naming the first tensor with a NaN or an infinity."""
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise NonFinite(f"step {step}: the {quantity} of {name} is not finite")
+
+
 class Student:
     def __init__(self, model: nn.Module, schedule: ScheduleSpec, total_steps: int):
         self.model = model
@@ -43,15 +54,22 @@ class Student:
         return self.state
 
     def update(self, loss: torch.Tensor) -> None:
-        """One momentum-SGD step on `loss` at the scheduled learning rate."""
+        """One step of the optimiser on `loss` at the scheduled learning rate. Every method's
+        student steps here, so this is the one place that stops a run whose loss, gradients
+        or new parameters are not finite (before any of them is applied)."""
         params = dict(self.model.named_parameters())
         for p in params.values():
             p.grad = None
+        value = loss.detach()
+        if not torch.isfinite(value).all():
+            raise NonFinite(f"step {self.step_count + 1}: the training loss is {float(value)}")
         loss.backward()
         with torch.no_grad():
             grads = {k: p.grad for k, p in params.items() if p.grad is not None}
+            first_bad("gradient", grads, self.step_count + 1)
             trained = {k: params[k] for k in grads}
             new, state = self.rule().step(trained, grads, self.state)
+            first_bad("parameter", new, self.step_count + 1)
             for k, value in new.items():
                 params[k].copy_(value)
             self.state = {**self.state, **state}
