@@ -9,6 +9,9 @@ epoch), and the RNG states are saved with the checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -93,6 +96,44 @@ def validation_figures(model: torch.nn.Module, data: TaskData, method) -> dict:
         "val_acc": round(accuracy(logits, data.val_y), 6),
         **method.validation_metrics(logits),
     }
+
+
+def fingerprint(p: Params, run: Run) -> str:
+    """What a checkpoint's training depends on: the run's resolved settings (its pretrained
+    teacher's too) and seed, the device and numerics settings, and the pipeline's code (any
+    change to a .py file of the package counts, to be safe)."""
+    from pipeline.evaluate import settings_of
+
+    teacher = p.teacher_of(run.method)
+    what = {
+        "settings": settings_of(p, run),
+        "teacher": dataclasses.asdict(p.teachers[teacher]) if teacher else None,
+        "seed": run.seed,
+        "run": dataclasses.asdict(p.run),
+    }
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode())  # NaN allowed here
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def resumable(path: Path, made_with: str) -> dict | None:
+    """The checkpoint at `path` if it loads and was made with these settings and code;
+    otherwise it is set aside (renamed *.stale, with a log line) and training starts over."""
+    if not path.exists():
+        return None
+    try:
+        state = load_torch(path)
+    except Exception as e:  # truncated, garbage, or not a checkpoint at all
+        reason = f"does not load ({type(e).__name__})"
+    else:
+        if isinstance(state, dict) and state.get("fingerprint") == made_with:
+            return state
+        reason = "was made with other settings or code"
+    aside = path.with_name(path.name + ".stale")
+    path.replace(aside)
+    log(f"checkpoint {path} {reason}: set aside as {aside}; training from the start")
+    return None
 
 
 @contextmanager
@@ -186,8 +227,9 @@ def train(
     history: list[dict] = []
     best: dict = {"val_acc": -1.0}  # the best-on-validation model (early stopping)
     start_epoch = 0
-    if ckpt_path.exists():
-        state = load_torch(ckpt_path)
+    made_with = fingerprint(p, run)
+    state = resumable(ckpt_path, made_with)
+    if state is not None:
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["method"])
         ctx.generator.set_state(state["generator"])
@@ -236,6 +278,7 @@ def train(
                 "history": history,
                 "best": best,
                 "epoch": epoch + 1,
+                "fingerprint": made_with,
             },
             ckpt_path,
         )

@@ -235,3 +235,31 @@ def test_json_is_strict_and_a_table_refuses_a_non_finite_metric(prepared):
     with pytest.raises(FloatingPointError, match=r"m\.json: test\.accuracy is nan"):
         finite_or_refuse("m.json", {"test": {"accuracy": float("nan"), "error": 0.0}})
     finite_or_refuse("m.json", {"test": {"accuracy": 90.0}})
+
+
+@pytest.mark.parametrize("damage", ["settings", "garbage"])
+def test_a_stale_or_broken_checkpoint_is_set_aside_and_training_starts_over(
+    prepared, capsys, damage
+):
+    """A checkpoint made at another learning rate (or one that does not load) is renamed
+    *.stale with a log line; the run then ends as a clean run at the current settings."""
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    checkpoint = Path(RUN.checkpoint)
+    if damage == "settings":
+        train(prepared, RUN, stop_after_epoch=1)  # "killed" after epoch 1 at lr 0.1
+        raw["schedules"]["short"]["lr"] = 0.05
+        Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    else:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_bytes(b"\x00" * 64)
+    assert checkpoint.exists()
+    now = load("params.yaml")
+    train(now, RUN, keep_checkpoint=True)
+    reason = "was made with other settings" if damage == "settings" else "does not load"
+    assert reason in capsys.readouterr().err
+    assert Path(f"{checkpoint}.stale").exists()
+    resumed, history = model_state(RUN), read_json(RUN.file("history.json"))
+    checkpoint.unlink()
+    train(now, RUN)  # from scratch, nothing to resume
+    assert_same_tensors(resumed, model_state(RUN))
+    assert read_json(RUN.file("history.json")) == history
