@@ -94,9 +94,11 @@ class Progress:
     """Progress lines for long loops: a line every `every` seconds on a terminal; on a pipe or
     log file only the lines the caller marks as milestones, so logs stay short."""
 
-    def __init__(self, label: str, total: int, every: float = 2.0, stream=sys.stderr):
-        self.label, self.total, self.every, self.stream = label, total, every, stream
-        self.tty = stream.isatty()
+    def __init__(self, label: str, total: int, every: float = 2.0, stream=None):
+        # sys.stderr as it is now, not at import: the job's log tee replaces it before a stage
+        self.stream = stream or sys.stderr
+        self.label, self.total, self.every = label, total, every
+        self.tty = self.stream.isatty()
         self.start = self.last = time.monotonic()
 
     def update(self, done: int, message: str = "", milestone: bool = False) -> None:

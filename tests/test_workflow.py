@@ -130,6 +130,8 @@ def test_snakemake_end_to_end_is_deterministic(workdir):
     assert "| erm |" in md and "±" in md
     log = Path("results/logs/train/digits-mlp-short-uniform40-erm.log").read_text()
     assert "seed0" in log and "seed1" in log  # one job trains every seed of a setting
+    epoch_line = r"train digits-mlp-short-uniform40-erm-seed1 step \d+/\d+ step=\d+ .*val_acc="
+    assert re.search(epoch_line, log)  # a line per epoch reaches the job's log
     run("snakemake", "--cores", "2", "--forceall", cwd=workdir)
     assert {t: t.read_bytes() for t in tables} == first
     assert Path("results/figures/tiny.png").read_bytes() == figure
