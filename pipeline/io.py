@@ -41,10 +41,17 @@ def save_figure(fig, path: str | Path) -> None:
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically, and byte-identical for equal contents: saved to a path,
+    torch names the archive's records after the (random) temporary file; saved to a buffer,
+    it uses a fixed name."""
+    import io
+
     import torch
 
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_torch(path: str | Path) -> Any:
