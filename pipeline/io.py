@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
@@ -17,9 +18,13 @@ from typing import Any
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds,
-    so an interrupted stage never leaves a half-written file that looks complete."""
+    so an interrupted stage never leaves a half-written file that looks complete. A temporary
+    file that a killed write left behind is removed by the next write of the same path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # what a killed earlier write of this file left (one job writes a path at a time)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:

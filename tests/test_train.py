@@ -276,3 +276,17 @@ def test_torch_outputs_are_byte_identical_across_reruns(prepared):
     assert main(["noise", "--dataset", "digits", "--noise", "uniform40", "--seeds", "0,1"]) == 0
     assert Path(RUN.file("model.pt")).read_bytes() == first
     assert split.read_bytes() == split_bytes
+
+
+def test_a_killed_write_leaves_no_temporary_file_after_the_next_one(tmp_path):
+    from pipeline.io import write_json
+
+    target = tmp_path / "metrics.json"
+    leftover = tmp_path / ".metrics.json.k3x9.tmp"  # what SIGKILL during a write leaves
+    leftover.write_text("{half")
+    other = tmp_path / ".history.json.a1b2.tmp"  # another file's: not this write's business
+    other.write_text("{")
+    write_json({"accuracy": 90.0}, target)
+    assert read_json(target) == {"accuracy": 90.0}
+    assert not leftover.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "metrics.json"]
