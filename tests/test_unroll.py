@@ -27,7 +27,6 @@ from pipeline.core.unroll import (
     Step,
     backward_by_segments,
     backward_through_steps,
-    regularised,
 )
 
 RULES = [SGDRule(0.1, 0.9), SGDRule(0.05, 0.5, weight_decay=1e-2)]
@@ -86,22 +85,25 @@ def val_loss(model, theta, seed=99):
 
 
 def unrolled(model, teacher, rule, steps, deep=False, lrs=None):
-    """K steps of functional momentum SGD with the whole graph kept: the oracle."""
+    """`steps` steps of a core rule (weight decay inside it) with the whole graph kept: the
+    oracle. Returns the final parameters and optimiser state, the (parameters, state) before
+    each step, and the steps' records."""
     theta = {k: p.detach().clone().requires_grad_() for k, p in model.named_parameters()}
-    v, states, records = {}, [], []
+    state, before, records = {}, [], []
     for t in range(steps):
         lr = lrs[t] if lrs else rule.lr
         x, y = batch(model, t)
         loss = objective(model, teacher, x, y, deep)
-        states.append(
-            ({k: p.detach() for k, p in theta.items()}, {k: b.detach() for k, b in v.items()})
+        before.append(
+            (
+                {k: p.detach() for k, p in theta.items()},
+                {k: v.detach() if torch.is_tensor(v) else v for k, v in state.items()},
+            )
         )
-        named = regularised(loss, rule.weight_decay)
-        grads = torch.autograd.grad(named(theta), list(theta.values()), create_graph=True)
-        step_rule = SGDRule(lr, rule.momentum, weight_decay=0.0)
-        theta, v = sgd_step(theta, dict(zip(theta, grads, strict=True)), v, step_rule)
+        grads = torch.autograd.grad(loss(theta), list(theta.values()), create_graph=True)
+        theta, state = replace(rule, lr=lr).step(theta, dict(zip(theta, grads, strict=True)), state)
         records.append(Step(lr, loss))
-    return theta, v, states, records
+    return theta, state, before, records
 
 
 def reverse(model, teacher, rule, theta, v, records, trace=None):
@@ -217,27 +219,6 @@ def test_stored_parameters_route_equals_autograd(rule):
         assert relative_error(a, b) < 1e-9
 
 
-def unrolled_rule(model, teacher, rule, steps, lrs=None, deep=False):
-    """`steps` steps of any core rule (weight decay inside it) with the whole graph kept, and
-    the (parameters, optimiser state) before each step."""
-    theta = {k: p.detach().clone().requires_grad_() for k, p in model.named_parameters()}
-    state, before, records = {}, [], []
-    for t in range(steps):
-        lr = lrs[t] if lrs else rule.lr
-        x, y = batch(model, t)
-        loss = objective(model, teacher, x, y, deep)
-        before.append(
-            (
-                {k: p.detach() for k, p in theta.items()},
-                {k: v.detach() if torch.is_tensor(v) else v for k, v in state.items()},
-            )
-        )
-        grads = torch.autograd.grad(loss(theta), list(theta.values()), create_graph=True)
-        theta, state = replace(rule, lr=lr).step(theta, dict(zip(theta, grads, strict=True)), state)
-        records.append(Step(lr, loss))
-    return theta, before, records
-
-
 def final_val_grad(model, theta):
     theta_k = {k: p.detach().requires_grad_() for k, p in theta.items()}
     grads = torch.autograd.grad(val_loss(model, theta_k), list(theta_k.values()))
@@ -262,7 +243,7 @@ def test_segments_route_equals_autograd_through_all_steps(kind, rule, every):
     learning rate changing between steps and the teacher read through the student (deep)."""
     model, teacher = student(kind), Teacher()
     lrs = [rule.lr, rule.lr, rule.lr / 2, rule.lr / 2, rule.lr / 4]
-    theta, before, records = unrolled_rule(model, teacher, rule, 5, lrs, deep=True)
+    theta, _, before, records = unrolled(model, teacher, rule, 5, deep=True, lrs=lrs)
     expected = torch.autograd.grad(val_loss(model, theta), list(teacher.parameters()))
     checkpoints = before[::every]
     got = backward_by_segments(
@@ -278,7 +259,7 @@ def test_segments_route_is_exact_at_long_horizons_in_float32():
     torch.set_default_dtype(torch.float32)
     rule = SGDRule(0.1, 0.9)
     model, teacher = student("mlp"), Teacher()
-    theta, before, records = unrolled_rule(model, teacher, rule, 300)
+    theta, _, before, records = unrolled(model, teacher, rule, 300)
     theta = {k: p.detach() for k, p in theta.items()}
     val_grad = final_val_grad(model, theta)
     params = list(teacher.parameters())
