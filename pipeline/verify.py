@@ -143,16 +143,16 @@ def retrain(p: Params, run: plan.Run) -> None:
 def with_later_defaults(p: Params, metrics: dict) -> dict:
     """A committed metrics.json with the options added to the code since it was made filled
     in at their defaults (what that run used), so that they are not reported as differences."""
+    specs = {
+        "dataset": p.datasets,
+        "noise": p.noise,
+        "model": p.models,
+        "schedule": p.schedules,
+        "method": p.methods,
+    }
     for section, entries in metrics.get("settings", {}).items():
         for name, values in entries.items():
-            spec = {
-                "dataset": p.datasets,
-                "noise": p.noise,
-                "model": p.models,
-                "schedule": p.schedules,
-                "method": p.methods,
-            }[section][name]
-            for f in dataclasses.fields(spec):
+            for f in dataclasses.fields(specs[section][name]):
                 if f.name not in values and f.default is not dataclasses.MISSING:
                     values[f.name] = json.loads(json.dumps(f.default))
     return metrics

@@ -60,9 +60,10 @@ class Student:
         params = dict(self.model.named_parameters())
         for p in params.values():
             p.grad = None
-        value = loss.detach()
-        if not torch.isfinite(value).all():
-            raise NonFinite(f"step {self.step_count + 1}: the training loss is {float(value)}")
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFinite(
+                f"step {self.step_count + 1}: the training loss is {float(loss.detach())}"
+            )
         loss.backward()
         with torch.no_grad():
             grads = {k: p.grad for k, p in params.items() if p.grad is not None}

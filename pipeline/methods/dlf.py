@@ -9,7 +9,7 @@ classes (13 for 10 classes; 103 for CIFAR-100). The dev statistics are refreshed
 
 Teacher optimisation (Algorithm 1), before the run's student trains: each of `teacher_steps`
 steps trains a fresh student (a new initialisation) for T = `episode_steps` steps of the run's
-momentum SGD under the current teacher, differentiates the smoothed dev measure (the expected
+optimiser under the current teacher, differentiates the smoothed dev measure (the expected
 0-1 accuracy, mean p_y on the validation split) back through those T steps and takes an Adam
 step on the teacher. Reverse mode keeps a checkpoint every `segment` steps and recomputes
 each segment (pipeline/core/unroll.py: exact at any T, O(T / segment + segment) states; 1
