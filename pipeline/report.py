@@ -111,6 +111,12 @@ def unstable(summary: pd.DataFrame, metric: str = "accuracy") -> dict[tuple[str,
     return out
 
 
+def interval(row, unstable_seeds: bool, metric: str = "accuracy") -> str:
+    """A table cell: mean ± CI of a summary row, † when its seeds span UNSTABLE_RANGE."""
+    mark = " †" if unstable_seeds else ""
+    return f"{row[f'{metric}_mean']:.2f} ± {row[f'{metric}_ci95']:.2f}{mark}"
+
+
 def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "accuracy") -> str:
     """Rows: our methods (and +ES rows), then methods only the papers ran; columns: our noise
     settings, then the papers' numbers for the analogous setting."""
@@ -119,8 +125,7 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
     papers = [reported[name] for name in exp.reported]
     spread = unstable(summary, metric)
     cell = {
-        (r.noise, r.method): f"{r[f'{metric}_mean']:.2f} ± {r[f'{metric}_ci95']:.2f}"
-        + (" †" if (r.noise, r.method) in spread else "")
+        (r.noise, r.method): interval(r, (r.noise, r.method) in spread, metric)
         for _, r in summary.iterrows()
     }
     ours = list(dict.fromkeys(summary["method"]))
@@ -281,19 +286,13 @@ def verdict(ours: tuple[float, float], baseline: tuple[float, float]) -> str:
     return VERDICTS[1]
 
 
-def interval(row) -> str:
-    """Mean ± CI of a summary row, with † when its seeds span more than UNSTABLE_RANGE."""
-    values = [float(v) for v in str(row.accuracy_per_seed).split()]
-    mark = " †" if values and max(values) - min(values) > UNSTABLE_RANGE else ""
-    return f"{row.accuracy_mean:.2f} ± {row.accuracy_ci95:.2f}{mark}"
-
-
 def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per claim of the active profile's experiments, from their summary tables."""
     reported = reported_numbers()
     rows = []
     for name, exp in p.active_experiments.items():
         cells = tables[name].set_index(["noise", "method"]) if exp.claims else None
+        spread = unstable(tables[name]) if exp.claims else {}
         for text in exp.claims:
             method, baseline, noise, named = parse_claim(text, exp.noise[0])
             ours, base = (cells.loc[(noise, m)] for m in (method, baseline))
@@ -311,8 +310,8 @@ def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                     "experiment": name,
                     "claim": f"{method} > {baseline}",
                     "noise": noise,
-                    "ours": interval(ours),
-                    "baseline": interval(base),
+                    "ours": interval(ours, (noise, method) in spread),
+                    "baseline": interval(base, (noise, baseline) in spread),
                     "verdict": verdict(
                         (ours.accuracy_mean, ours.accuracy_ci95),
                         (base.accuracy_mean, base.accuracy_ci95),
