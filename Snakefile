@@ -1,24 +1,27 @@
-# Reproduce the active profile of params.yaml: `snakemake --cores N`.
+# Reproduce the active profile of params.yaml:
+# `snakemake --workflow-profile workflow/profiles/default --cores N`.
 # Every rule calls `python -m pipeline <stage>`, the same command as dvc.yaml; no stage logic
 # lives here. Paths come from pipeline/plan.py.
-import yaml
-
-from snakemake.utils import validate
+import sys
 
 from pipeline import plan
-from pipeline.config import parse as parse_params
+from pipeline.config import ParamsError, load as load_params
+
+# The full check of params.yaml (strict YAML, types, ranges, references), before any job
+# starts; a mistake is one line naming the dotted key, not a traceback.
+try:
+    P = load_params("params.yaml")
+except ParamsError as e:
+    sys.exit(f"error: {e}")
 
 
 configfile: "params.yaml"
 
 
-validate(config, "workflow/schemas/params.schema.yaml")
-with open("params.yaml") as f:
-    if config != yaml.safe_load(f):
-        raise ValueError(
-            "settings come from params.yaml alone: edit it instead of --config"
-        )
-P = parse_params(config)  # the full check, before any job starts
+if config != P.raw:
+    raise ValueError(
+        "settings come from params.yaml alone: edit it instead of --config"
+    )
 
 
 include: "workflow/rules/common.smk"

@@ -14,14 +14,28 @@ from pathlib import Path
 
 from pipeline import numerics, plan
 from pipeline.config import PARAMS_FILE, ParamsError, load, load_run
+from pipeline.io import CorruptFile
 
 
 def cmd_check(p, args) -> None:
-    """Check params.yaml and that dvc.yaml matches it."""
+    """Check params.yaml and that dvc.yaml matches it; --record: write a fixed line there."""
+    from pipeline.io import write_text
+
     stale = Path("dvc.yaml").exists() and Path("dvc.yaml").read_text() != plan.dvc_yaml(p)
     if stale:
         raise ParamsError("dvc.yaml does not match params.yaml: run `python -m pipeline dvc-yaml`")
+    if args.record:
+        write_text("params.yaml passed `python -m pipeline check`\n", args.record)
     print(f"params.yaml is valid: profile {p.profile}, {len(plan.jobs(p))} jobs")
+
+
+def cmd_schema(p, args) -> None:
+    """Write the JSON schema of params.yaml (after adding or changing an option)."""
+    from pipeline.config import SCHEMA_FILE, schema_yaml
+    from pipeline.io import write_text
+
+    write_text(schema_yaml(), SCHEMA_FILE)
+    print(f"wrote {SCHEMA_FILE}")
 
 
 def cmd_dvc_yaml(p, args) -> None:
@@ -165,8 +179,9 @@ def _run_args(parser: argparse.ArgumentParser, many: bool = False) -> None:
 
 
 STAGES = {
-    "check": (cmd_check, None),
+    "check": (cmd_check, lambda s: s.add_argument("--record", help="a file to write if valid")),
     "dvc-yaml": (cmd_dvc_yaml, None),
+    "schema": (cmd_schema, None),
     "prepare": (cmd_prepare, lambda s: s.add_argument("--dataset", required=True)),
     "noise": (
         cmd_noise,
@@ -235,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         job = plan.job_for(p, args.stage, stage_args)
         with tee_output(job.log if job else None):
             return STAGES[args.stage][0](p, args) or 0
-    except (ParamsError, FileNotFoundError) as e:
+    except (ParamsError, FileNotFoundError, CorruptFile) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # a run diverged: its name, step and tensor, no traceback

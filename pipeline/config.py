@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
+import itertools
+import math
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 PARAMS_FILE = "params.yaml"
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: DVC reads dotted keys as nesting
@@ -23,6 +26,81 @@ NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: DVC reads dotted keys
 
 class ParamsError(ValueError):
     """A problem in params.yaml; the message starts with the dotted key at fault."""
+
+
+@dataclass(frozen=True)
+class Within:
+    """A range written as in mathematics, "[0, 1)" or "(0, inf)": declared once on a field's
+    type (see the aliases below), checked by `build` and written into the JSON schema."""
+
+    text: str
+
+    @functools.cached_property
+    def bounds(self) -> tuple[float, float, bool, bool]:
+        """(low, high, low included, high included)."""
+        match = re.fullmatch(r"([\[(])(.+),(.+)([\])])", self.text.replace(" ", ""))
+        if match is None:
+            raise ValueError(f"not a range: {self.text!r}")
+        left, low, high, right = match.groups()
+        return float(low), float(high), left == "[", right == "]"
+
+    @property
+    def rule(self) -> str:
+        """What a value must be: ">= 1", "> 0" or "in [0, 1)"."""
+        low, high, low_in, _ = self.bounds
+        if high == math.inf:
+            return f"{'>=' if low_in else '>'} {_number(low)}"
+        return f"in {self.text}"
+
+    def holds(self, value: float) -> bool:
+        low, high, low_in, high_in = self.bounds
+        above = value >= low if low_in else value > low
+        below = value <= high if high_in else value < high
+        return above and below
+
+    def schema(self) -> dict:
+        low, high, low_in, high_in = self.bounds
+        out = {}
+        if math.isfinite(low):
+            out["minimum" if low_in else "exclusiveMinimum"] = _number(low)
+        if math.isfinite(high):
+            out["maximum" if high_in else "exclusiveMaximum"] = _number(high)
+        return out
+
+
+@dataclass(frozen=True)
+class Form:
+    """An integer of the form mod * n + rest with n >= 1 (a ResNet's depth, say)."""
+
+    mod: int
+    rest: int
+
+    def holds(self, value: int) -> bool:
+        return value > self.rest and (value - self.rest) % self.mod == 0
+
+    @property
+    def rule(self) -> str:
+        examples = ", ".join(str(self.mod * n + self.rest) for n in (1, 2, 3))
+        return f"of the form {self.mod}n+{self.rest} with n >= 1 ({examples}, ...)"
+
+    def schema(self) -> dict:
+        return {"minimum": self.mod + self.rest}
+
+
+INCREASING = "increasing"  # marks a tuple whose items must strictly increase
+
+# The value types of params.yaml, each constraint declared once here.
+PositiveInt = Annotated[int, Within("[1, inf)")]
+NonNegativeInt = Annotated[int, Within("[0, inf)")]
+Positive = Annotated[float, Within("(0, inf)")]
+NonNegative = Annotated[float, Within("[0, inf)")]
+Fraction = Annotated[float, Within("[0, 1]")]
+FractionBelow1 = Annotated[float, Within("[0, 1)")]  # momentum, betas, dropout
+Share = Annotated[float, Within("(0, 1]")]  # a non-empty part of a whole
+
+
+def _number(x: float) -> int | float:
+    return int(x) if x == int(x) else x
 
 
 def build(cls: type, data: Any, where: str, **extra: Any):
@@ -35,8 +113,8 @@ def build(cls: type, data: Any, where: str, **extra: Any):
     unknown = sorted(set(data) - names)
     if unknown:
         raise ParamsError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
-    hints = typing.get_type_hints(cls)
-    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    hints = hints_of(cls)
+    values = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         obj = cls(**values, **extra)
     except TypeError as e:  # a required key is missing
@@ -48,15 +126,30 @@ def build(cls: type, data: Any, where: str, **extra: Any):
     return obj
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
+def hints_of(obj: Any) -> dict[str, Any]:
+    """The annotations of a class or function, constraints (Annotated) included."""
+    return typing.get_type_hints(obj, include_extras=True)
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """`value` read as type `hint` (a list becomes a tuple, an int a float), or ParamsError
+    naming `where` when it is of another type or breaks a declared constraint."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        value = coerce(value, args[0], where)
+        for rule in args[1:]:
+            if rule == INCREASING and any(a >= b for a, b in itertools.pairwise(value)):
+                raise ParamsError(f"{where}: must increase, got {list(value)}")
+            if isinstance(rule, Within | Form) and not rule.holds(value):
+                raise ParamsError(f"{where}: must be {rule.rule}, got {value}")
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
-                return _coerce(value, arg, where)
+                return coerce(value, arg, where)
             except ParamsError as e:
                 errors.append(str(e))
         raise ParamsError(errors[0])
@@ -67,9 +160,17 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ParamsError(f"{where}: expected a list, got {value!r}")
-        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ParamsError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(
+            coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise ParamsError(f"{where}: must be a finite number, got {value}")
     if hint in (int, float, str, bool) and (
         not isinstance(value, hint) or (hint is int and isinstance(value, bool))
     ):
@@ -77,20 +178,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def _positive(where: str, **values: float | None) -> None:
-    for key, value in values.items():
-        if value is not None and value <= 0:
-            raise ParamsError(f"{where}.{key}: must be positive, got {value}")
-
-
 @dataclass(frozen=True)
 class RunSpec:
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 1
+    threads: PositiveInt = 1
     cpu_numerics: Literal["portable", "fast"] = "portable"  # see pipeline/numerics.py
-
-    def check(self, where: str) -> None:
-        _positive(where, threads=self.threads)
 
 
 @dataclass(frozen=True)
@@ -98,21 +190,52 @@ class DatasetSpec:
     """Where a dataset comes from. test_size: carve a test split (sources without one)."""
 
     source: str  # a loader of pipeline/data/sources.py SOURCES
-    test_size: int | None = None
-    size: int = 2000  # two moons: number of points
-    noise: float = 0.1  # two moons: Gaussian noise of the points
+    test_size: PositiveInt | None = None
+    size: PositiveInt = 2000  # two moons: number of points
+    noise: NonNegative = 0.1  # two moons: Gaussian noise of the points
     download: bool = False  # opt-in download (torchvision sets, GLUE)
-    max_length: int = 64  # text: tokens per example (truncated, padded)
+    max_length: PositiveInt = 64  # text: tokens per example (truncated, padded)
     root: str | None = None  # where the source's files are; None: the source's default
 
     def check(self, where: str) -> None:
-        from pipeline.data.sources import SOURCES  # it imports this module
+        from pipeline.data.catalog import CATALOG
 
-        if self.source not in SOURCES:
+        if self.source not in CATALOG:
             raise ParamsError(
-                f"{where}.source: unknown source {self.source!r} (known: {', '.join(SOURCES)})"
+                f"{where}.source: unknown source {self.source!r} (known: {', '.join(CATALOG)})"
             )
-        _positive(where, test_size=self.test_size, size=self.size, max_length=self.max_length)
+        facts = self.facts
+        if facts.test != 0 and self.test_size is not None:
+            raise ParamsError(f"{where}.test_size: {self.source} has a test split of its own")
+        if facts.test == 0 and self.test_size is None:
+            raise ParamsError(f"{where}.test_size: required ({self.source} has no test split)")
+        examples = self.examples
+        if examples is not None and self.test_size is not None and self.test_size >= examples:
+            raise ParamsError(
+                f"{where}.test_size: a test split of {self.test_size} leaves none of the "
+                f"{examples} examples to train on"
+            )
+
+    @property
+    def facts(self):
+        """What pipeline/data/catalog.py knows of the source before loading it."""
+        from pipeline.data.catalog import CATALOG
+
+        return CATALOG[self.source]
+
+    @property
+    def examples(self) -> int | None:
+        """How many examples the source gives, test split included (None: known on loading)."""
+        sized_by = self.facts.sized_by
+        return getattr(self, sized_by) if sized_by else self.facts.examples
+
+    @property
+    def pool(self) -> int | None:
+        """Examples outside the test split, which the noise settings split into validation and
+        training (None: known on loading)."""
+        if self.examples is None or self.facts.test is None:
+            return None
+        return self.examples - (self.facts.test or self.test_size or 0)
 
 
 NOISE_FIELDS = {  # kind -> fields it requires beyond the split
@@ -141,40 +264,62 @@ class NoiseSpec:
     """
 
     kind: Literal[tuple(NOISE_FIELDS)]  # type: ignore[valid-type]
-    rate: float | None = None
-    val_size: int | None = None
-    val_per_class: int | None = None
-    background: int | None = None
-    classes: tuple[int, ...] | None = None
-    majority_fraction: float | None = None
-    train_size: int | None = None
-    labels: int | None = None
+    rate: Fraction | None = None
+    val_size: PositiveInt | None = None
+    val_per_class: PositiveInt | None = None
+    background: NonNegativeInt | None = None
+    classes: tuple[NonNegativeInt, NonNegativeInt] | None = None
+    majority_fraction: Annotated[float, Within("[0.5, 1)")] | None = None
+    train_size: PositiveInt | None = None
+    labels: PositiveInt | None = None
 
     def check(self, where: str) -> None:
         for key in NOISE_FIELDS[self.kind]:
             if getattr(self, key) is None:
                 raise ParamsError(f"{where}.{key}: required for kind {self.kind}")
-        if self.rate is not None and not 0 <= self.rate <= 1:
-            raise ParamsError(f"{where}.rate: must be in [0, 1], got {self.rate}")
-        if self.majority_fraction is not None and not 0.5 <= self.majority_fraction < 1:
-            raise ParamsError(f"{where}.majority_fraction: must be in [0.5, 1)")
-        if self.classes is not None and len(self.classes) != 2:
-            raise ParamsError(f"{where}.classes: the imbalance task takes two classes")
+        if self.classes is not None and self.classes[0] == self.classes[1]:
+            raise ParamsError(f"{where}.classes: two different classes")
         if self.val_size is not None and self.val_per_class is not None:
             raise ParamsError(f"{where}: give val_size or val_per_class, not both")
-        _positive(
-            where,
-            val_size=self.val_size,
-            val_per_class=self.val_per_class,
-            train_size=self.train_size,
-            labels=self.labels,
-        )
+        if self.kind != "few_labels" and self.val_size is None and self.val_per_class is None:
+            raise ParamsError(f"{where}.val_size: required (or val_per_class)")
+
+    def check_fits(self, where: str, data: DatasetSpec, used_by: str) -> None:
+        """The split and classes fit `data` (the dataset of experiment `used_by`)."""
+        k = data.facts.classes
+        about = f"{data.source} has {k} classes (used by {used_by})"
+        if self.background is not None and self.background >= k:
+            raise ParamsError(
+                f"{where}.background: class {self.background} does not exist; {about}"
+            )
+        for i, c in enumerate(self.classes or ()):
+            if c >= k:
+                raise ParamsError(f"{where}.classes[{i}]: class {c} does not exist; {about}")
+        if self.labels is not None and self.labels % k:
+            raise ParamsError(
+                f"{where}.labels: {self.labels} labelled examples are not the same number per "
+                f"class; {about}"
+            )
+        pool = data.pool
+        if pool is None or self.kind == "imbalance":  # imbalance: checked on the two classes
+            return
+        val = self.val_size or (self.val_per_class or 0) * k or self.labels or 0
+        fits = f"the {pool} examples outside the test split of {data.source} (used by {used_by})"
+        if self.train_size and val + self.train_size > pool:
+            raise ParamsError(
+                f"{where}.train_size: {val} validation and {self.train_size} training "
+                f"examples do not fit {fits}"
+            )
+        if val >= pool:
+            raise ParamsError(
+                f"{where}.val_size: {val} validation examples leave no training in {fits}"
+            )
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """An architecture of pipeline/models.py and its options (their names are checked here,
-    their values when the model is built)."""
+    """An architecture of pipeline/models.py and its options (keyword arguments of its class,
+    checked against the types and rules the class declares)."""
 
     arch: str  # pipeline/models.py ARCH_NAMES
     options: dict = field(default_factory=dict)
@@ -184,10 +329,7 @@ class ModelSpec:
 
         if self.arch not in ARCH_NAMES:
             raise ParamsError(f"{where}.arch: {self.arch!r} is not one of {', '.join(ARCH_NAMES)}")
-        try:
-            check_options(self.arch, self.options)
-        except ValueError as e:
-            raise ParamsError(f"{where}: {e}") from None
+        check_options(self.arch, self.options, where)
 
 
 @dataclass(frozen=True)
@@ -196,43 +338,28 @@ class ScheduleSpec:
     milestones. optimizer: sgd (momentum, nesterov), adam (weight_decay as L2 in the
     gradient, as torch.optim.Adam) or adamw (decoupled weight decay); betas and eps: Adam's."""
 
-    epochs: int
-    batch_size: int
-    lr: float
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    lr: Positive
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.9
+    momentum: FractionBelow1 = 0.9
     nesterov: bool = False
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    milestones: tuple[float, ...] = ()
-    gamma: float = 0.1
+    weight_decay: NonNegative = 0.0
+    betas: tuple[FractionBelow1, FractionBelow1] = (0.9, 0.999)
+    eps: Positive = 1e-8
+    milestones: Annotated[tuple[Annotated[float, Within("(0, 1)")], ...], INCREASING] = ()
+    gamma: Positive = 0.1
     augment: Literal["none", "crop_flip", "randaugment"] = "none"  # pipeline/augment.py
-    val_batch_size: int | None = None  # validation batch for methods that use one; None: batch_size
-    eval_every: int = 0  # also record validation figures every this many steps (0: epoch ends)
+    val_batch_size: PositiveInt | None = None  # methods' validation batch; None: batch_size
+    eval_every: NonNegativeInt = 0  # validation figures every this many steps too (0: none)
     # record at each epoch end how well the student fits the training labels it is given
     # (train_acc) and, among the corrupted ones, the fraction it predicts as given (noisy_fit):
     # the check that a baseline memorises the noise (one eval pass over the training split)
     fit_curve: bool = False
 
     def check(self, where: str) -> None:
-        _positive(
-            where,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            lr=self.lr,
-            val_batch_size=self.val_batch_size,
-        )
-        if self.eval_every < 0:
-            raise ParamsError(f"{where}.eval_every: must be >= 0 (0: at epoch ends only)")
-        if len(self.betas) != 2 or any(not 0 <= b < 1 for b in self.betas):
-            raise ParamsError(f"{where}.betas: two numbers, each in [0, 1)")
-        if not self.eps > 0:
-            raise ParamsError(f"{where}.eps: must be > 0")
         if self.optimizer != "sgd" and self.nesterov:
             raise ParamsError(f"{where}.nesterov: only with optimizer sgd")
-        if any(not 0 < m < 1 for m in self.milestones):
-            raise ParamsError(f"{where}.milestones: fractions of training, each in (0, 1)")
 
 
 @dataclass(frozen=True)
@@ -353,22 +480,55 @@ class ProfileSpec:
     """An experiment suite. Every experiment of a profile runs the same seeds, so one train
     job can train all seeds of a setting in one process (one torch start-up, not three)."""
 
-    seeds: tuple[int, ...]
+    seeds: tuple[NonNegativeInt, ...]
     experiments: tuple[str, ...]
 
     def check(self, where: str) -> None:
         _distinct(where, "seeds", self.seeds)
         _distinct(where, "experiments", self.experiments)
-        if any(s < 0 for s in self.seeds):
-            raise ParamsError(f"{where}.seeds: seeds are integers >= 0")
 
 
 def read_yaml(path: str | Path):
-    """A YAML file, parsed by libyaml's C loader where PyYAML has it (ten times faster)."""
+    """A YAML file, parsed by libyaml's C loader where PyYAML has it (ten times faster).
+    Strict where PyYAML is lenient: a byte that is not UTF-8 and a key given twice in one
+    mapping (PyYAML keeps the last silently) are errors naming the line."""
     import yaml
 
-    with open(path) as f:
-        return yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ParamsError(f"{path}, line {line}: byte {raw[e.start]:#04x} is not UTF-8") from None
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, "", path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(node: Any, where: str, path: str | Path) -> None:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{where}[{i}]", path)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict = {}
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # <<: an explicit key may override
+            continue
+        key = f"{where}.{key_node.value}" if where else str(key_node.value)
+        line = key_node.start_mark.line + 1
+        if key in first:
+            raise ParamsError(f"{key}: given twice ({path}, lines {first[key]} and {line})")
+        first[key] = line
+        _refuse_duplicate_keys(value_node, key, path)
 
 
 @functools.cache
@@ -517,6 +677,8 @@ def _check_references(p: Params) -> None:
                         f"{where}.{key}[{i}]: unknown {key} setting {item!r} "
                         f"(known: {', '.join(section)})"
                     )
+        for noise in exp.noise:
+            p.noise[noise].check_fits(f"noise.{noise}", p.datasets[exp.dataset], where)
 
 
 def _read(path: str | Path) -> dict:
@@ -527,8 +689,12 @@ def _read(path: str | Path) -> dict:
         raise ParamsError(f"{path}: not found (run from the repository root)")
     try:
         return read_yaml(path)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = f", line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}{line}: not valid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:
@@ -540,3 +706,131 @@ def load_run(path: str | Path = PARAMS_FILE) -> RunSpec:
     the dataset sources imports the loaders, and with them torch)."""
     raw = _read(path)
     return build(RunSpec, raw.get("run") if isinstance(raw, dict) else None, "run")
+
+
+SCHEMA_FILE = "workflow/schemas/params.schema.yaml"
+
+
+def type_schema(hint: Any) -> dict:
+    """The JSON schema of a field type of this module (constraints included)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        out = type_schema(args[0])
+        for rule in args[1:]:
+            if isinstance(rule, Within | Form):
+                out.update(rule.schema())
+        return out
+    if origin in (typing.Union, types.UnionType):
+        return {"anyOf": [type_schema(a) for a in args]}
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": type_schema(args[0])}
+        items = [type_schema(a) for a in args]
+        return {"type": "array", "prefixItems": items, "minItems": len(args), "maxItems": len(args)}
+    simple = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
+    if hint in simple:
+        return {"type": simple[hint]}
+    return {"type": "object"} if origin is dict or hint is dict else {}
+
+
+def fields_schema(fields: dict[str, tuple[Any, Any]]) -> dict:
+    """An object of the given {name: (type, default)} fields, no others; EMPTY: required."""
+    empty = (dataclasses.MISSING, inspect.Parameter.empty)
+    properties = {}
+    for name, (hint, default) in fields.items():
+        properties[name] = type_schema(hint)
+        if default not in empty and isinstance(default, int | float | str | bool | tuple):
+            properties[name]["default"] = list(default) if isinstance(default, tuple) else default
+    required = [name for name, (_, default) in fields.items() if default in empty]
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        **({"required": required} if required else {}),
+        "properties": properties,
+    }
+
+
+def dataclass_schema(cls: type) -> dict:
+    hints = hints_of(cls)
+    fields = {}
+    for f in dataclasses.fields(cls):
+        if f.init and f.name != "raw":
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            fields[f.name] = (hints[f.name], default)
+    return fields_schema(fields)
+
+
+def json_schema() -> dict:
+    """params.yaml's JSON schema, generated from the dataclasses above, the methods' Settings
+    and the architectures' keyword arguments: one definition of every option. The checks
+    across fields and entries (references, sizes against the data) are `parse`'s alone."""
+    from pipeline.data.catalog import CATALOG
+    from pipeline.methods import METHODS
+    from pipeline.models import ARCH_NAMES, option_types
+
+    name = {"type": "string", "pattern": NAME.pattern}
+
+    def section(entry: dict) -> dict:
+        return {"type": "object", "propertyNames": name, "additionalProperties": entry}
+
+    dataset = dataclass_schema(DatasetSpec)
+    dataset["properties"]["source"] = {"enum": list(CATALOG)}
+    arch_rules = []
+    for arch in ARCH_NAMES:
+        options = fields_schema(option_types(arch))
+        options["properties"]["arch"] = {"const": arch}
+        arch_rules.append({"if": {"properties": {"arch": {"const": arch}}}, "then": options})
+    model = {
+        "type": "object",
+        "required": ["arch"],
+        "properties": {"arch": {"enum": list(ARCH_NAMES)}},
+        "allOf": arch_rules,
+    }
+    kinds = []
+    for kind, method in METHODS.items():
+        settings = dataclass_schema(method.Settings)
+        settings["properties"] = {"method": {"const": kind}, **settings["properties"]}
+        kinds.append(settings)
+    method = {
+        "description": "an entry named after a method, or naming one with `method:`",
+        "anyOf": [{"type": "null"}, *kinds],
+    }
+    experiment = dataclass_schema(ExperimentSpec)
+    for key in ("noise", "methods"):
+        experiment["properties"][key] |= {"items": name, "minItems": 1, "uniqueItems": True}
+    profile = dataclass_schema(ProfileSpec)
+    profile["properties"]["seeds"] |= {"minItems": 1, "uniqueItems": True}
+    properties = {
+        "profile": name,
+        "profiles": section(profile),
+        "run": dataclass_schema(RunSpec),
+        "datasets": section(dataset),
+        "noise": section(dataclass_schema(NoiseSpec)),
+        "models": section(model),
+        "schedules": section(dataclass_schema(ScheduleSpec)),
+        "methods": section(method),
+        "teachers": section(dataclass_schema(TeacherSpec)),
+        "experiments": section(experiment),
+    }
+    assert list(properties) == list(SECTIONS)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "description": (
+            "params.yaml, generated by `python -m pipeline schema` from pipeline/config.py "
+            "(do not edit); pipeline/config.py also checks references and sizes"
+        ),
+        "type": "object",
+        "additionalProperties": False,
+        "properties": properties,
+    }
+
+
+def schema_yaml() -> str:
+    import json
+
+    import yaml
+
+    schema = json.loads(json.dumps(json_schema()))  # no shared parts: no YAML anchors
+    return yaml.safe_dump(schema, sort_keys=False, width=100)

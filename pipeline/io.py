@@ -45,24 +45,79 @@ def save_figure(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
-def save_torch(obj: Any, path: str | Path) -> None:
+class CorruptFile(OSError):
+    """A file of the project that does not load, or whose contents fail their checksum; the
+    message names the file and how to make it again."""
+
+
+def save_torch(obj: Any, path: str | Path, checksum: bool = False) -> None:
     """torch.save, atomically, and byte-identical for equal contents: saved to a path,
     torch names the archive's records after the (random) temporary file; saved to a buffer,
-    it uses a fixed name."""
+    it uses a fixed name. checksum: store the contents' sha256 beside them (load_torch
+    checks it), for inputs whose silent corruption would change every result downstream."""
     import io
 
     import torch
 
+    if checksum:
+        obj = {"sha256": content_sha256(obj), "content": obj}
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
 
 
-def load_torch(path: str | Path) -> Any:
+def load_torch(path: str | Path, checksum: bool = False, remake: str = "") -> Any:
+    """A file save_torch wrote, read without pickle (weights_only: tensors, numbers, strings
+    and containers only, so a file cannot run code). CorruptFile, naming the file and
+    `remake` (the command that writes it again), if it does not load or fails its checksum."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    remake = remake or "delete it and rerun the stage that writes it"
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # truncated, overwritten, or not written by this project
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CorruptFile(f"{path} does not load ({type(e).__name__}: {reason}); {remake}") from e
+    if not checksum:
+        return obj
+    if not isinstance(obj, dict) or set(obj) != {"sha256", "content"}:
+        raise CorruptFile(f"{path} carries no checksum (written by an earlier version); {remake}")
+    if content_sha256(obj["content"]) != obj["sha256"]:
+        raise CorruptFile(f"{path} fails its sha256 check (corrupted); {remake}")
+    return obj["content"]
+
+
+def content_sha256(obj: Any) -> str:
+    """sha256 of nested dicts, lists, tensors and plain values: of the tensors' dtypes, shapes
+    and bytes, so it does not depend on how the archive lays them out."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    _feed(digest, obj)
+    return digest.hexdigest()
+
+
+def _feed(digest, obj: Any) -> None:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        digest.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        digest.update(f"dict {len(obj)};".encode())
+        for key in sorted(obj, key=repr):
+            _feed(digest, key)
+            _feed(digest, obj[key])
+    elif isinstance(obj, list | tuple):
+        digest.update(f"{type(obj).__name__} {len(obj)};".encode())
+        for item in obj:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(obj).__name__} {obj!r};".encode())
 
 
 def dumps_json(obj: Any) -> str:

@@ -21,10 +21,15 @@ import inspect
 import math
 from collections.abc import Sequence
 from itertools import pairwise
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pipeline.config import Form, FractionBelow1, ParamsError, PositiveInt, coerce, hints_of
+
+EMPTY = inspect.Parameter.empty
 
 
 class _Student(nn.Module):
@@ -78,8 +83,8 @@ class MLP(_Student):
         self,
         in_features: int,
         num_classes: int,
-        hidden: Sequence[int] = (256, 256),
-        dropout: float = 0.0,
+        hidden: tuple[PositiveInt, ...] = (256, 256),
+        dropout: FractionBelow1 = 0.0,
     ):
         super().__init__()
         widths = [in_features, *hidden]
@@ -194,11 +199,13 @@ class PreActResNet(_PreActNet):
     """Pre-activation ResNet-(6n+2) for CIFAR (He et al. 2016, "Identity mappings in deep
     residual networks"): stage widths width, 2*width, 4*width; ResNet-32 is depth=32."""
 
-    def __init__(self, in_channels: int, num_classes: int, depth: int, width: int = 16):
-        if (depth - 2) % 6 or depth < 8:
-            raise ValueError(
-                f"PreActResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, ...), got {depth}"
-            )
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        depth: Annotated[int, Form(6, 2)],
+        width: PositiveInt = 16,
+    ):
         widths = (width, width, 2 * width, 4 * width)
         super().__init__(in_channels, num_classes, widths, (depth - 2) // 6, 0.0)
 
@@ -208,12 +215,13 @@ class WideResNet(_PreActNet):
     stage widths 16k, 32k, 64k, dropout between the two convs of each block."""
 
     def __init__(
-        self, in_channels: int, num_classes: int, depth: int, widen: int = 1, dropout: float = 0.0
+        self,
+        in_channels: int,
+        num_classes: int,
+        depth: Annotated[int, Form(6, 4)],
+        widen: PositiveInt = 1,
+        dropout: FractionBelow1 = 0.0,
     ):
-        if (depth - 4) % 6 or depth < 10:
-            raise ValueError(
-                f"WideResNet depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth}"
-            )
         widths = (16, 16 * widen, 32 * widen, 64 * widen)
         super().__init__(in_channels, num_classes, widths, (depth - 4) // 6, dropout)
 
@@ -243,25 +251,43 @@ def _architecture(arch: str) -> type[nn.Module]:
 FROM_DATA = ("in_features", "in_channels", "image_size", "max_length", "num_classes")
 
 
-def check_options(arch: str, options: dict) -> None:
-    """ValueError unless `options` name only keyword arguments of `arch`'s class that the
-    data does not set, and all those without a default (their values are checked on build)."""
-    params = inspect.signature(_architecture(arch)).parameters
-    allowed = [name for name in params if name not in FROM_DATA]
+def option_types(arch: str) -> dict[str, tuple[Any, Any]]:
+    """The options params.yaml may give `arch`: its class's keyword arguments that the data
+    does not set, each with its declared type (constraints included) and its default."""
+    cls = _architecture(arch)
+    hints = hints_of(cls.__init__)
+    params = inspect.signature(cls).parameters
+    return {
+        name: (hints.get(name, Any), params[name].default)
+        for name in params
+        if name not in FROM_DATA
+    }
+
+
+def check_options(arch: str, options: dict, where: str = "options") -> dict:
+    """`options` read with the types and rules `arch`'s class declares; ParamsError naming
+    `where`.<option> for an unknown, missing, mistyped or out-of-range option."""
+    allowed = option_types(arch)
     for name in options:
         if name in FROM_DATA:
-            raise ValueError(f"option {name!r} of arch {arch!r} is set from the data")
+            raise ParamsError(f"{where}.{name}: option of arch {arch!r} set from the data")
         if name not in allowed:
-            raise ValueError(f"unknown option {name!r} for arch {arch!r}; it takes {allowed}")
-    missing = [n for n in allowed if n not in options and params[n].default is params[n].empty]
+            raise ParamsError(
+                f"{where}.{name}: unknown option {name!r} for arch {arch!r}; "
+                f"it takes {list(allowed)}"
+            )
+    missing = [n for n, (_, default) in allowed.items() if n not in options and default is EMPTY]
     if missing:
-        raise ValueError(f"arch {arch!r} needs option(s) {missing}")
+        raise ParamsError(f"{where}.{missing[0]}: arch {arch!r} needs option(s) {missing}")
+    return {
+        name: coerce(value, allowed[name][0], f"{where}.{name}") for name, value in options.items()
+    }
 
 
 def build_model(arch: str, in_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
     """The `arch` network for examples of shape `in_shape` ((C, H, W), (D,) or token ids (L,));
     `options` are the class's remaining keyword arguments (e.g. depth, width, hidden, dropout)."""
-    check_options(arch, options)
+    options = check_options(arch, options)
     cls = _architecture(arch)
     in_shape = tuple(in_shape)
     if arch == "text_bert":

@@ -179,6 +179,17 @@ def _cmd(stage: str, **args: object) -> str:
     return "python -m pipeline " + stage + "".join(f" --{k} {v}" for k, v in args.items())
 
 
+def remake_prepared(dataset: str) -> str:
+    """How to write a prepared dataset again (for the error on a corrupt one)."""
+    return f"delete it and rerun, or run `{_cmd('prepare', dataset=dataset)}`"
+
+
+def remake_split(dataset: str, noise: str, seed: int) -> str:
+    return (
+        f"delete it and rerun, or run `{_cmd('noise', dataset=dataset, noise=noise, seeds=seed)}`"
+    )
+
+
 def prepare_job(p: Params, dataset: str) -> Job:
     return Job(
         f"prepare-{dataset}",
@@ -376,15 +387,26 @@ def final_targets(p: Params) -> list[str]:
     return [o for j in jobs(p) for o in j.committed]
 
 
+PARAMS_CHECKED = "results/params.checked"  # DVC's record that params.yaml passed the check
+
+
 def dvc_yaml(p: Params) -> str:
     """dvc.yaml for the active profile (generated: edit params.yaml, then regenerate)."""
     import yaml
 
-    stages = {}
+    # DVC runs no code of ours before a stage's command, so the first stage checks the whole
+    # of params.yaml and every stage waits for it; its record never changes, so a rerun of
+    # the check alone invalidates nothing.
+    stages: dict = {
+        "check": {
+            "cmd": f"python -m pipeline check --record {PARAMS_CHECKED}",
+            "deps": ["params.yaml"],
+            "outs": [{PARAMS_CHECKED: {"cache": False}}],
+        }
+    }
     for j in jobs(p):
         stage: dict = {"cmd": j.cmd}
-        if j.deps:
-            stage["deps"] = list(j.deps)
+        stage["deps"] = [PARAMS_CHECKED, *j.deps]
         stage["params"] = list(j.params)
         stage["outs"] = [{o: {"cache": False}} if o in j.committed else o for o in j.outs]
         stages[j.name] = stage

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from pipeline.config import FractionBelow1, PositiveInt
 from pipeline.models import _Student
 
 PAD_ID, SEP_ID = 0, 102  # the uncased WordPiece vocabulary of both MiniLM checkpoints
@@ -170,11 +171,11 @@ class TextClassifier(_Student):
         max_length: int,
         num_classes: int,
         weights: str = "none",
-        layers: int | None = None,
-        dropout: float = 0.1,
-        hidden: int = 384,
-        heads: int = 12,
-        vocab_size: int = 30522,
+        layers: PositiveInt | None = None,
+        dropout: FractionBelow1 = 0.1,
+        hidden: PositiveInt = 384,
+        heads: PositiveInt = 12,
+        vocab_size: PositiveInt = 30522,
     ):
         super().__init__()
         if weights == "none":

@@ -327,3 +327,26 @@ def test_lookahead_leaves_batch_norm_statistics_alone():
     reference.load_state_dict({**model.state_dict(), **before})
     reference(x)
     assert all(torch.equal(b, dict(reference.named_buffers())[k]) for k, b in model.named_buffers())
+
+
+@pytest.mark.parametrize(
+    ("lr", "found"),
+    [
+        (0.1, "step 1: the gradient of weight is not finite"),  # d sqrt(|w|) / dw at w = 0
+        (1e308, "step 1: the parameter of weight is not finite"),  # 1e308 * 10 overflows
+    ],
+)
+def test_the_update_refuses_a_non_finite_gradient_or_parameter(lr, found):
+    from pipeline.config import ScheduleSpec
+    from pipeline.core.student import NonFinite, Student
+
+    model = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight[0, 0] = 0.0
+    before = model.weight.detach().clone()
+    student = Student(model, ScheduleSpec(epochs=1, batch_size=1, lr=lr, momentum=0.0), 1)
+    sqrt_at_0 = model.weight[0, 0].abs().sqrt()  # finite (0), its gradient infinite
+    loss = sqrt_at_0 if lr < 1 else model(torch.full((1, 3), 10.0)).sum()
+    with pytest.raises(NonFinite, match=found):
+        student.update(loss)
+    assert torch.equal(model.weight, before)  # nothing applied

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from pipeline import plan
 from pipeline.config import load
 
 BIN = Path(sys.executable).parent
+QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 
 def run(*cmd: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -45,11 +50,16 @@ def snakemake_jobs(cwd: Path) -> dict[str, dict]:
 
 
 def dvc_jobs(text: str) -> dict[str, dict]:
+    """The jobs of dvc.yaml but its check stage, which every other stage waits for."""
     stages = yaml.safe_load(text)["stages"]
+    check = stages.pop("check")
+    assert check["outs"] == [{plan.PARAMS_CHECKED: {"cache": False}}]
     out = {}
     for stage in stages.values():
         outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
-        out[stage["cmd"]] = {"output": sorted(outs), "input": sorted(stage.get("deps", []))}
+        deps = stage["deps"]
+        assert deps[0] == plan.PARAMS_CHECKED, stage["cmd"]
+        out[stage["cmd"]] = {"output": sorted(outs), "input": sorted(deps[1:])}
     return out
 
 
@@ -143,14 +153,15 @@ def test_dvc_repro_reruns_only_what_a_noise_rate_touches(workdir):
     run("dvc", "init", "-q", cwd=workdir)
     run("dvc", "config", "core.analytics", "false", cwd=workdir)
     first = run("dvc", "repro", cwd=workdir).stdout
-    assert first.count("Running stage") == len(plan.jobs(load("params.yaml")))
+    assert first.count("Running stage") == len(plan.jobs(load("params.yaml"))) + 1  # + check
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["noise"]["uniform40"]["rate"] = 0.3
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     second = run("dvc", "repro", cwd=workdir).stdout
     ran = sorted(re.findall(r"Running stage '([^']+)'", second))
-    assert ran == sorted(
+    assert ran == sorted(  # the check reruns on any edit, and invalidates nothing itself
         [
+            "check",
             "noise-digits-uniform40",
             "train-digits-mlp-short-uniform40-erm",
             "report-tiny",
@@ -171,3 +182,37 @@ def test_paper_profile_builds_the_same_dag(workdir):
         "svhn",
     } | glue
     assert_same_jobs(workdir, plan.dvc_yaml(p))
+
+
+PROFILE = ("--workflow-profile", "workflow/profiles/default")  # the README's command
+
+
+def test_the_readme_command_uses_the_default_profile(workdir):
+    shutil.copytree(REPO / "workflow/profiles", workdir / "workflow/profiles")
+    out = run("snakemake", "-n", *PROFILE, cwd=workdir)
+    assert "Using workflow specific profile workflow/profiles/default" in out.stdout + out.stderr
+
+
+def test_after_snakemake_is_killed_the_readme_commands_finish_the_same(workdir, tiny_raw):
+    """kill -9 of Snakemake and its jobs during a train job; `--unlock`, then the same command
+    resumes (rerun-incomplete from the profile; training from its checkpoint) and ends with
+    the tables of an uninterrupted run."""
+    shutil.copytree(REPO / "workflow/profiles", workdir / "workflow/profiles")
+    tiny_raw["schedules"]["short"]["epochs"] = 8
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+    command = [str(BIN / "snakemake"), *PROFILE, "--cores", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    job = subprocess.Popen(command, env=env, start_new_session=True, **QUIET)
+    checkpoints = Path("results/checkpoints")
+    deadline = time.monotonic() + 300
+    while not any(checkpoints.rglob("*.pt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(job.pid, signal.SIGKILL)  # Snakemake and the train job it runs
+    job.wait()
+    assert any(checkpoints.rglob("*.pt")) and not Path("results/tables/tiny.md").exists()
+    run("snakemake", *PROFILE, "--unlock", cwd=workdir)
+    resumed = run("snakemake", *PROFILE, "--cores", "1", cwd=workdir)
+    assert "resuming" in resumed.stdout + resumed.stderr
+    tables = {t: t.read_bytes() for t in Path("results/tables").glob("tiny.*")}
+    run("snakemake", *PROFILE, "--cores", "1", "--forceall", cwd=workdir)
+    assert {t: t.read_bytes() for t in Path("results/tables").glob("tiny.*")} == tables

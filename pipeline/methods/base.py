@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from pipeline.config import ScheduleSpec
+from pipeline.config import NonNegativeInt, ScheduleSpec
 from pipeline.core.meta import buffer_copies, params_of
 from pipeline.core.student import Student
 from pipeline.task import TaskData
@@ -40,7 +40,7 @@ class MethodSettings:
     """Options every method has. finetune_steps: after training, steps of plain cross entropy
     on the clean validation split at the final learning rate (the papers' "+FT" rows)."""
 
-    finetune_steps: int = 0
+    finetune_steps: NonNegativeInt = 0
 
 
 class Method:

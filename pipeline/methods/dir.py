@@ -24,6 +24,7 @@ dw/dtheta = 0 (the paper's stabilisation); `deeper: true` keeps that path (secti
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from pipeline.config import NonNegativeInt, Positive, PositiveInt
 from pipeline.core.meta import buffer_copies, params_of
 from pipeline.core.unroll import Step, backward_through_steps, replayed_rng, rng_state
 from pipeline.methods.base import Batch, Method, MethodSettings
@@ -86,13 +88,13 @@ class DIR(Method):
         teacher_lr: Adam's step size; val_batch_size: None = the training batch size."""
 
         features: tuple[str, ...] = ("I0", "M0")
-        hidden_layers: int = 0
-        interval: int = 20
-        back: int = 2
+        hidden_layers: NonNegativeInt = 0
+        interval: PositiveInt = 20
+        back: PositiveInt = 2
         deeper: bool = False
         metric: Literal["log_likelihood", "expected_accuracy"] = "log_likelihood"
-        teacher_lr: float = 1e-3
-        val_batch_size: int | None = None
+        teacher_lr: Positive = 1e-3
+        val_batch_size: PositiveInt | None = None
 
         def check(self, where: str) -> None:
             from pipeline.config import ParamsError
@@ -100,10 +102,8 @@ class DIR(Method):
             unknown = [f for f in self.features if f not in FEATURES]
             if unknown or not self.features:
                 raise ParamsError(f"{where}.features: choose from {', '.join(FEATURES)}")
-            if not 1 <= self.back <= self.interval:
-                raise ParamsError(f"{where}.back: must be between 1 and interval (K)")
-            if self.hidden_layers < 0 or self.teacher_lr <= 0:
-                raise ParamsError(f"{where}: hidden_layers >= 0 and teacher_lr > 0 required")
+            if self.back > self.interval:
+                raise ParamsError(f"{where}.back: must be at most interval (K)")
 
     SAMPLED_STEPS = 50  # batches kept for the weight figures (from half-way through training)
 
@@ -255,7 +255,7 @@ class DIR(Method):
         return {
             "teacher": self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "records": self.records,
+            "records": [dataclasses.asdict(r) for r in self.records],  # plain: no pickle
             "surface": (self.loss_sum, self.loss_count, self.best_val),
             "weight_sample": self.sample,
         }
@@ -264,6 +264,11 @@ class DIR(Method):
         self.teacher.load_state_dict(state["teacher"])
         self.optimizer.load_state_dict(state["optimizer"])
         device = self.student.model.classifier.weight.device
-        self.records = [replace(r, x=r.x.to(device), y=r.y.to(device)) for r in state["records"]]
+        self.records = [
+            replace(
+                Record(**r), x=r["x"].to(device), y=r["y"].to(device), surface=tuple(r["surface"])
+            )
+            for r in state["records"]
+        ]
         self.loss_sum, self.loss_count, self.best_val = state["surface"]
         self.sample = state["weight_sample"]

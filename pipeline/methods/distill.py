@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from pipeline.config import Fraction, Positive, PositiveInt
 from pipeline.core.meta import (
     buffer_copies,
     lookahead_direction,
@@ -93,21 +94,17 @@ class Distill(Method):
     @dataclass(frozen=True)
     class Settings(MethodSettings):
         teacher: str = ""  # a params.yaml `teachers` entry (the fine-tuned teacher)
-        alpha: float = 0.5  # weight of distillation in the student's loss (Hinton's alpha)
-        temperature: float = 1.0
+        alpha: Fraction = 0.5  # weight of distillation in the student's loss (Hinton's alpha)
+        temperature: Positive = 1.0
         objective: Literal["ce", "dist", "mse"] = "ce"
-        teacher_lr: float = 3e-5  # Adam, for the teachers that learn (paper: 3e-5)
-        val_batch_size: int | None = None
+        teacher_lr: Positive = 3e-5  # Adam, for the teachers that learn (paper: 3e-5)
+        val_batch_size: PositiveInt | None = None
 
         def check(self, where: str) -> None:
             from pipeline.config import ParamsError
 
             if not self.teacher:
                 raise ParamsError(f"{where}.teacher: distillation needs a pretrained teacher")
-            if not 0 <= self.alpha <= 1:
-                raise ParamsError(f"{where}.alpha: must be in [0, 1], got {self.alpha}")
-            if self.temperature <= 0 or self.teacher_lr <= 0:
-                raise ParamsError(f"{where}: temperature and teacher_lr must be > 0")
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)
@@ -215,20 +212,11 @@ class MetaDistill(Distill):
 class LGTM(MetaDistill):
     @dataclass(frozen=True)
     class Settings(Distill.Settings):
-        teacher_alpha: float = 0.6  # the teacher's own cross entropy in L_aux (Table 7)
+        teacher_alpha: Fraction = 0.6  # the teacher's own cross entropy in L_aux (Table 7)
         influence: Literal["fd", "jvp", "double_backward"] = "fd"
-        epsilon: float = 0.01  # fd: step along v, relative to |v|
+        epsilon: Positive = 0.01  # fd: step along v, relative to |v|
         aux_target: Literal["student", "teacher"] = "student"  # see the module docstring
         influence_scale: Literal["teacher_lr", "first_order", "one"] = "teacher_lr"
-
-        def check(self, where: str) -> None:
-            from pipeline.config import ParamsError
-
-            super().check(where)
-            if not 0 <= self.teacher_alpha <= 1:
-                raise ParamsError(f"{where}.teacher_alpha: must be in [0, 1]")
-            if self.epsilon <= 0:
-                raise ParamsError(f"{where}.epsilon: must be > 0")
 
     def validation_gradient(self, grads) -> tuple[dict, torch.Tensor]:
         """v = grad R(theta') after the student's virtual step (Algorithm 1, lines 3-5)."""

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from pipeline.config import NonNegative, NonNegativeInt, Positive, PositiveInt
 from pipeline.core.meta import buffer_copies, params_of
 from pipeline.core.student import Student, accuracy, cross_entropy, predict
 from pipeline.core.unroll import (
@@ -119,25 +120,14 @@ class DLF(Method):
         reverse-mode checkpoints (None: sqrt(T); 1 keeps every state); warm_start: the
         first steps of every student that are plain cross entropy."""
 
-        teacher_steps: int = 60
-        episode_steps: int | None = None  # None: as long as the run's own training
-        keys: int = 10
-        key_spread: float = 0.1
-        teacher_lr: float = 1e-4
-        state_every: int = 20
-        segment: int | None = None
-        warm_start: int = 0
-
-        def check(self, where: str) -> None:
-            from pipeline.config import ParamsError
-
-            for name in ("teacher_steps", "episode_steps", "keys", "state_every", "segment"):
-                if (getattr(self, name) or 1) < 1:
-                    raise ParamsError(f"{where}.{name}: must be at least 1")
-            if self.warm_start < 0 or self.key_spread < 0 or not self.teacher_lr > 0:
-                raise ParamsError(
-                    f"{where}: warm_start and key_spread must be >= 0, teacher_lr > 0"
-                )
+        teacher_steps: PositiveInt = 60
+        episode_steps: PositiveInt | None = None  # None: as long as the run's own training
+        keys: PositiveInt = 10
+        key_spread: NonNegative = 0.1
+        teacher_lr: Positive = 1e-4
+        state_every: PositiveInt = 20
+        segment: PositiveInt | None = None
+        warm_start: NonNegativeInt = 0
 
     SNAPSHOTS = (1 / 3, 2 / 3, 1.0)  # fractions of training at which Phi_t is kept (Figure 4)
 

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
+from pipeline.config import NonNegative
 from pipeline.methods.base import Batch, Method, MethodSettings
 
 
 class Focal(Method):
     @dataclass(frozen=True)
     class Settings(MethodSettings):
-        gamma: float = 1.0
+        gamma: NonNegative = 1.0
 
     def step(self, batch: Batch):
         log_p = F.log_softmax(self.student.model(batch.x), 1).gather(1, batch.y[:, None])

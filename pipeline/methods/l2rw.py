@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 
+from pipeline.config import PositiveInt
 from pipeline.core.meta import (
     forward_with_tangent,
     lookahead_direction,
@@ -40,7 +41,9 @@ class L2RW(Method):
         jvp: a separate no-grad tangent forward, then an ordinary forward (less memory);
         double_backward: Algorithm 1 as written (backward on backward), the reference."""
 
-        val_batch_size: int | None = None  # None: the schedule's (or the training batch size)
+        val_batch_size: PositiveInt | None = (
+            None  # None: the schedule's (or the training batch size)
+        )
         route: Literal["jvp_fused", "jvp", "double_backward"] = "jvp_fused"
 
     SAMPLED_STEPS = 50  # batches whose weights are kept for the weight-distribution figure

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.augment import augment
+from pipeline.config import Fraction, FractionBelow1, Share
 from pipeline.core.student import cross_entropy
 from pipeline.methods.base import Batch, Method, MethodSettings
 
@@ -100,7 +101,7 @@ class HardMining(Method):
 
     @dataclass(frozen=True)
     class Settings(MethodSettings):
-        majority_keep: float = 0.5
+        majority_keep: Share = 0.5
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)
@@ -131,7 +132,7 @@ class Bootstrap(Method):
     @dataclass(frozen=True)
     class Settings(MethodSettings):
         mode: Literal["soft", "hard"] = "soft"
-        beta: float = 0.95
+        beta: Fraction = 0.95
 
     def step(self, batch: Batch):
         logits = self.student.model(batch.x)
@@ -158,7 +159,7 @@ class CleanOnly(Method):
 
     @dataclass(frozen=True)
     class Settings(MethodSettings):
-        label_smoothing: float = 0.0
+        label_smoothing: FractionBelow1 = 0.0
         augment: Literal["none", "crop_flip", "randaugment"] = "none"
 
     def step(self, batch: Batch):

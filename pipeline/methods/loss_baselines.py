@@ -20,13 +20,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pipeline.config import Fraction, NonNegative, Positive, PositiveInt
 from pipeline.methods.base import Batch, Method, MethodSettings
 
 
 class Smooth01(Method):
     @dataclass(frozen=True)
     class Settings(MethodSettings):
-        sharpness: float = 50.0  # K
+        sharpness: Positive = 50.0  # K
 
     def step(self, batch: Batch):
         log_p = F.log_softmax(self.student.model(batch.x), 1)
@@ -58,10 +59,10 @@ def large_margin_logits(
 class LargeMargin(Method):
     @dataclass(frozen=True)
     class Settings(MethodSettings):
-        margin: int = 2  # m
-        beta_start: float = 1000.0
-        beta_decay: float = 0.99
-        beta_min: float = 0.0
+        margin: PositiveInt = 2  # m
+        beta_start: NonNegative = 1000.0
+        beta_decay: Fraction = 0.99
+        beta_min: NonNegative = 0.0
 
     def step(self, batch: Batch):
         s, model = self.settings, self.student.model

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from pipeline.augment import augment
+from pipeline.config import Fraction, FractionBelow1, NonNegative, Positive, PositiveInt
 from pipeline.core.meta import (
     buffer_copies,
     lookahead_direction,
@@ -60,19 +61,19 @@ class MetaPseudoLabels(Method):
     class Settings(MethodSettings):
         route: Literal["exact", "first_order"] = "exact"
         pseudo_labels: Literal["soft", "hard"] = "soft"
-        temperature: float = 1.0
+        temperature: Positive = 1.0
         teacher_optimizer: Literal["sgd", "adam"] = "sgd"
-        teacher_lr: float = 0.05
-        teacher_momentum: float = 0.9
+        teacher_lr: Positive = 0.05
+        teacher_momentum: FractionBelow1 = 0.9
         nesterov: bool = True
-        teacher_weight_decay: float = 0.0
-        teacher_dropout: float | None = None  # None: the student's architecture's rate
-        supervised_weight: float = 1.0  # the teacher's own cross entropy on labelled data
-        val_batch_size: int | None = None
+        teacher_weight_decay: NonNegative = 0.0
+        teacher_dropout: FractionBelow1 | None = None  # None: the student's architecture's rate
+        supervised_weight: NonNegative = 1.0  # the teacher's own cross entropy on labelled data
+        val_batch_size: PositiveInt | None = None
         augment: Literal["none", "randaugment"] = "none"
-        uda_weight: float = 0.0  # UDA + MPL: the teacher's consistency loss
-        uda_temperature: float = 0.4
-        uda_threshold: float = 0.8
+        uda_weight: NonNegative = 0.0  # UDA + MPL: the teacher's consistency loss
+        uda_temperature: Positive = 0.4
+        uda_threshold: Fraction = 0.8
         gradient_cosine: bool = False
 
         def check(self, where: str) -> None:
@@ -85,8 +86,6 @@ class MetaPseudoLabels(Method):
                     f"{pairs[self.route]} pseudo labels (exact differentiates soft targets; "
                     "sampled hard labels have no derivative, hence first_order)"
                 )
-            if self.temperature <= 0:
-                raise ParamsError(f"{where}.temperature: must be > 0")
             if self.uda_weight > 0 and self.augment == "none":
                 raise ParamsError(f"{where}.uda_weight: UDA needs a strong view (augment)")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pipeline.config import Positive, PositiveInt
 from pipeline.core.meta import (
     lookahead_direction,
     params_of,
@@ -29,9 +30,9 @@ from pipeline.methods.base import Batch, Method, MethodSettings
 class MetaWeightNet(Method):
     @dataclass(frozen=True)
     class Settings(MethodSettings):
-        hidden: int = 100
-        teacher_lr: float = 1e-3
-        val_batch_size: int | None = None
+        hidden: PositiveInt = 100
+        teacher_lr: Positive = 1e-3
+        val_batch_size: PositiveInt | None = None
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pipeline.augment import augment
+from pipeline.config import NonNegative, Positive, PositiveInt
 from pipeline.core.meta import targets_loss
 from pipeline.core.student import predict
 from pipeline.methods.base import Batch, Method, MethodSettings
@@ -65,11 +66,11 @@ class ReducedMPL(MetaPseudoLabels):
     @dataclass(frozen=True)
     class Settings(MetaPseudoLabels.Settings):
         teacher: str = ""
-        hidden: int = 128
-        layers: int = 5
+        hidden: PositiveInt = 128
+        layers: PositiveInt = 5
         teacher_optimizer: Literal["sgd", "adam"] = "adam"
-        teacher_lr: float = 1e-4
-        teacher_weight_decay: float = 1e-4
+        teacher_lr: Positive = 1e-4
+        teacher_weight_decay: NonNegative = 1e-4
 
         def check(self, where: str) -> None:
             from pipeline.config import ParamsError
@@ -78,8 +79,6 @@ class ReducedMPL(MetaPseudoLabels):
             _require_teacher(where, self.teacher)
             if self.uda_weight > 0:
                 raise ParamsError(f"{where}.uda_weight: the calibrator reads no images")
-            if self.layers < 1 or self.hidden < 1:
-                raise ParamsError(f"{where}: layers and hidden must be >= 1")
 
     def make_teacher(self) -> nn.Module:
         data, s = self.ctx.data, self.settings

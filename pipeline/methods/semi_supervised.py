@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.augment import augment
+from pipeline.config import Fraction, NonNegative, Positive, PositiveInt
 from pipeline.methods.base import Batch, Method, MethodSettings
 
 
@@ -40,10 +41,10 @@ class PseudoLabel(Method):
 
     @dataclass(frozen=True)
     class Settings(MethodSettings):
-        weight: float = 1.0
-        threshold: float = 0.0
-        rampup: float = 0.3  # fraction of training over which the weight rises from 0
-        labelled_batch_size: int | None = None  # None: the schedule's batch size
+        weight: NonNegative = 1.0
+        threshold: Fraction = 0.0
+        rampup: Fraction = 0.3  # fraction of training over which the weight rises from 0
+        labelled_batch_size: PositiveInt | None = None  # None: the schedule's batch size
         gradient_cosine: bool = False  # log the training-validation gradient cosine
 
     def step(self, batch: Batch):
@@ -70,11 +71,11 @@ class UDA(Method):
 
     @dataclass(frozen=True)
     class Settings(MethodSettings):
-        weight: float = 1.0  # the UDA factor
-        temperature: float = 0.4  # sharpening of the target
-        threshold: float = 0.8  # confidence mask
+        weight: NonNegative = 1.0  # the UDA factor
+        temperature: Positive = 0.4  # sharpening of the target
+        threshold: Fraction = 0.8  # confidence mask
         augment: Literal["crop_flip", "randaugment"] = "randaugment"  # the strong view
-        labelled_batch_size: int | None = None
+        labelled_batch_size: PositiveInt | None = None
 
     def step(self, batch: Batch):
         s, model = self.settings, self.student.model

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from pipeline.config import Share
 from pipeline.core.student import cross_entropy
 from pipeline.methods.base import Batch, Method, MethodSettings
 
@@ -15,14 +16,8 @@ from pipeline.methods.base import Batch, Method, MethodSettings
 class SelfPaced(Method):
     @dataclass(frozen=True)
     class Settings(MethodSettings):
-        start_fraction: float = 0.5
-        full_at: float = 0.5
-
-        def check(self, where: str) -> None:
-            from pipeline.config import ParamsError
-
-            if not (0 < self.start_fraction <= 1 and 0 < self.full_at <= 1):
-                raise ParamsError(f"{where}: start_fraction and full_at must be in (0, 1]")
+        start_fraction: Share = 0.5
+        full_at: Share = 0.5
 
     def kept_fraction(self) -> float:
         s = self.settings
