@@ -193,11 +193,13 @@ def summary(split: dict) -> dict:
 
 def write_splits(p: Params, dataset: str, noise: str, seeds) -> list[dict]:
     """The noise stage: each seed's split of the prepared dataset and its summary."""
-    data = RawDataset.from_dict(load_torch(plan.prepared_path(dataset)))
+    data = RawDataset.from_dict(
+        load_torch(plan.prepared_path(dataset), True, plan.remake_prepared(dataset))
+    )
     infos = []
     for seed in seeds:
         split = make_split(data, p.datasets[dataset], p.noise[noise], seed)
-        save_torch(split, plan.split_path(dataset, noise, seed))
+        save_torch(split, plan.split_path(dataset, noise, seed), checksum=True)
         infos.append(summary(split))
         write_json(infos[-1], plan.split_summary_path(dataset, noise, seed))
     return infos

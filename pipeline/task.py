@@ -57,8 +57,10 @@ def load_task(
     seed: int,
     device: str | torch.device = "cpu",
 ) -> TaskData:
-    raw = load_torch(plan.prepared_path(dataset))
-    split = load_torch(plan.split_path(dataset, noise, seed))
+    raw = load_torch(plan.prepared_path(dataset), True, plan.remake_prepared(dataset))
+    split = load_torch(
+        plan.split_path(dataset, noise, seed), True, plan.remake_split(dataset, noise, seed)
+    )
     x = raw["x"]
     reference = x[split["train_idx"]]
     parts = {

@@ -3,6 +3,8 @@ and the baselines do what the paper says they do."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -130,6 +132,10 @@ def test_every_method_takes_a_step(noisy, name):
     after = method.student.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert method.student.step_count == 1
+    checkpoint = io.BytesIO()  # what a checkpoint keeps of the method loads without pickle
+    torch.save({"student": method.student.state_dict(), "method": method.state_dict()}, checkpoint)
+    checkpoint.seek(0)
+    method.load_state_dict(torch.load(checkpoint, weights_only=True)["method"])
 
 
 def test_random_weights_are_a_rectified_gaussian(noisy):

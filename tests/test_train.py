@@ -204,23 +204,20 @@ def test_every_stage_is_described_in_the_help(capsys):
     assert described == stages and "bench" in stages
 
 
-@pytest.mark.parametrize(
-    ("lr", "found"),
-    [
-        (1e6, r"step \d+: the training loss is nan"),  # diverges over a few steps
-        (float("nan"), r"step 1: the parameter of \S+ is not finite"),  # the first update
-    ],
-)
-def test_a_diverging_run_stops_naming_the_run_the_step_and_the_tensor(prepared, capsys, lr, found):
+def test_a_diverging_run_stops_naming_the_run_the_step_and_the_tensor(prepared, capsys):
     """One check in the student's update serves every method: a NaN or an infinity stops the
-    job before it is applied (exit 1, no traceback) and nothing is written for the run."""
+    job before it is applied (exit 1, no traceback) and nothing is written for the run. A
+    learning rate that is not finite never gets that far: params.yaml is refused (exit 2)."""
     raw = yaml.safe_load(Path("params.yaml").read_text())
-    raw["schedules"]["short"]["lr"] = lr
-    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    assert main(["train", "--noise", "clean", *RUN_ARGS, "--seeds", "0"]) == 1
-    err = capsys.readouterr().err
-    assert re.search(r"error: digits-mlp-short-clean-erm-seed0, epoch \d+, " + found, err), err
-    assert "Traceback" not in err
+    for lr, code in ((float("nan"), 2), (1e6, 1)):
+        raw["schedules"]["short"]["lr"] = lr
+        Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        assert main(["train", "--noise", "clean", *RUN_ARGS, "--seeds", "0"]) == code
+    refused, diverged = capsys.readouterr().err.split("\n", 1)
+    assert refused == "error: schedules.short.lr: must be a finite number, got nan"
+    found = r"epoch \d+, step \d+: the training loss is nan"  # over a few steps
+    assert re.search(r"error: digits-mlp-short-clean-erm-seed0, " + found, diverged), diverged
+    assert "Traceback" not in diverged
     clean = plan.Run("digits", "mlp", "short", "clean", "erm", 0)
     assert not Path(clean.file("metrics.json")).exists()
 
@@ -290,3 +287,54 @@ def test_a_killed_write_leaves_no_temporary_file_after_the_next_one(tmp_path):
     assert read_json(target) == {"accuracy": 90.0}
     assert not leftover.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "metrics.json"]
+
+
+@pytest.mark.parametrize(
+    "file, damage, found",
+    [
+        ("prepared", "truncate", "does not load"),
+        ("prepared", "overwrite", "fails its sha256 check"),
+        ("split", "truncate", "does not load"),
+        ("split", "overwrite", "fails its sha256 check"),
+    ],
+)
+def test_a_corrupt_input_names_the_file_and_the_command_that_remakes_it(
+    prepared, capsys, file, damage, found
+):
+    path = Path(
+        plan.prepared_path("digits")
+        if file == "prepared"
+        else plan.split_path("digits", "uniform40", 0)
+    )
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:  # 64 random bytes in the middle of the largest record: the archive still loads
+        middle = len(data) // 2
+        data[middle : middle + 64] = (
+            torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(0))
+            .to(torch.uint8)
+            .numpy()
+            .tobytes()
+        )
+    path.write_bytes(bytes(data))
+    assert main(["train", *RUN_ARGS, "--noise", "uniform40", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    remake = (
+        "prepare --dataset digits"
+        if file == "prepared"
+        else "noise --dataset digits --noise uniform40 --seeds 0"
+    )
+    assert f"{path} " in err and found in err and f"python -m pipeline {remake}" in err, err
+    assert "Traceback" not in err
+
+
+def test_every_file_the_project_writes_loads_without_pickle(prepared):
+    """load_torch reads with weights_only=True: the prepared data, splits, models and
+    checkpoints all load that way (each method's checkpoint state: tests/test_methods.py)."""
+    train(prepared, RUN, stop_after_epoch=1)
+    train(prepared, RUN, keep_checkpoint=True)
+    files = sorted(Path("results").rglob("*.pt")) + [Path(RUN.checkpoint)]
+    assert {f.name for f in files} >= {"digits.pt", "seed0.pt", "model.pt"}
+    for f in files:
+        torch.load(f, map_location="cpu", weights_only=True)

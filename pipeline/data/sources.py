@@ -162,5 +162,5 @@ def prepare(p: Params, dataset: str) -> RawDataset:
     """The prepare stage: the whole dataset as one tensor file (plan.prepared_path)."""
     data = load_source(p.datasets[dataset])
     data.name = dataset
-    save_torch(data.to_dict(), plan.prepared_path(dataset))
+    save_torch(data.to_dict(), plan.prepared_path(dataset), checksum=True)
     return data
