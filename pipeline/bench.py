@@ -33,8 +33,8 @@ import torch
 from pipeline.config import ScheduleSpec
 from pipeline.core.student import Student
 from pipeline.io import save_figure, write_text
-from pipeline.methods import METHODS
 from pipeline.methods.base import Batch, Context
+from pipeline.methods.registry import METHODS
 from pipeline.models import build_model
 from pipeline.noise import generator
 from pipeline.task import TaskData

@@ -8,174 +8,29 @@ the Snakefile can check params.yaml before any job starts without paying for it.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import inspect
-import itertools
-import math
 import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from pipeline.typed import (
+    INCREASING,
+    Fraction,
+    FractionBelow1,
+    NonNegative,
+    NonNegativeInt,
+    ParamsError,
+    Positive,
+    PositiveInt,
+    Within,
+    build,
+    dataclass_schema,
+)
+
 PARAMS_FILE = "params.yaml"
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: DVC reads dotted keys as nesting
-
-
-class ParamsError(ValueError):
-    """A problem in params.yaml; the message starts with the dotted key at fault."""
-
-
-@dataclass(frozen=True)
-class Within:
-    """A range written as in mathematics, "[0, 1)" or "(0, inf)": declared once on a field's
-    type (see the aliases below), checked by `build` and written into the JSON schema."""
-
-    text: str
-
-    @functools.cached_property
-    def bounds(self) -> tuple[float, float, bool, bool]:
-        """(low, high, low included, high included)."""
-        match = re.fullmatch(r"([\[(])(.+),(.+)([\])])", self.text.replace(" ", ""))
-        if match is None:
-            raise ValueError(f"not a range: {self.text!r}")
-        left, low, high, right = match.groups()
-        return float(low), float(high), left == "[", right == "]"
-
-    @property
-    def rule(self) -> str:
-        """What a value must be: ">= 1", "> 0" or "in [0, 1)"."""
-        low, high, low_in, _ = self.bounds
-        if high == math.inf:
-            return f"{'>=' if low_in else '>'} {_number(low)}"
-        return f"in {self.text}"
-
-    def holds(self, value: float) -> bool:
-        low, high, low_in, high_in = self.bounds
-        above = value >= low if low_in else value > low
-        below = value <= high if high_in else value < high
-        return above and below
-
-    def schema(self) -> dict:
-        low, high, low_in, high_in = self.bounds
-        out = {}
-        if math.isfinite(low):
-            out["minimum" if low_in else "exclusiveMinimum"] = _number(low)
-        if math.isfinite(high):
-            out["maximum" if high_in else "exclusiveMaximum"] = _number(high)
-        return out
-
-
-@dataclass(frozen=True)
-class Form:
-    """An integer of the form mod * n + rest with n >= 1 (a ResNet's depth, say)."""
-
-    mod: int
-    rest: int
-
-    def holds(self, value: int) -> bool:
-        return value > self.rest and (value - self.rest) % self.mod == 0
-
-    @property
-    def rule(self) -> str:
-        examples = ", ".join(str(self.mod * n + self.rest) for n in (1, 2, 3))
-        return f"of the form {self.mod}n+{self.rest} with n >= 1 ({examples}, ...)"
-
-    def schema(self) -> dict:
-        return {"minimum": self.mod + self.rest}
-
-
-INCREASING = "increasing"  # marks a tuple whose items must strictly increase
-
-# The value types of params.yaml, each constraint declared once here.
-PositiveInt = Annotated[int, Within("[1, inf)")]
-NonNegativeInt = Annotated[int, Within("[0, inf)")]
-Positive = Annotated[float, Within("(0, inf)")]
-NonNegative = Annotated[float, Within("[0, inf)")]
-Fraction = Annotated[float, Within("[0, 1]")]
-FractionBelow1 = Annotated[float, Within("[0, 1)")]  # momentum, betas, dropout
-Share = Annotated[float, Within("(0, 1]")]  # a non-empty part of a whole
-
-
-def _number(x: float) -> int | float:
-    return int(x) if x == int(x) else x
-
-
-def build(cls: type, data: Any, where: str, **extra: Any):
-    """Build dataclass `cls` from a mapping, checking keys and types; `where` is the key path."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ParamsError(f"{where}: expected a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls) if f.init} - set(extra)
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ParamsError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(sorted(names))})")
-    hints = hints_of(cls)
-    values = {k: coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    try:
-        obj = cls(**values, **extra)
-    except TypeError as e:  # a required key is missing
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values | extra]
-        raise ParamsError(f"{where}: missing key {missing[0] if missing else ''} ({e})") from e
-    check = getattr(obj, "check", None)
-    if check:
-        check(where)
-    return obj
-
-
-def hints_of(obj: Any) -> dict[str, Any]:
-    """The annotations of a class or function, constraints (Annotated) included."""
-    return typing.get_type_hints(obj, include_extras=True)
-
-
-def coerce(value: Any, hint: Any, where: str) -> Any:
-    """`value` read as type `hint` (a list becomes a tuple, an int a float), or ParamsError
-    naming `where` when it is of another type or breaks a declared constraint."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Annotated:
-        value = coerce(value, args[0], where)
-        for rule in args[1:]:
-            if rule == INCREASING and any(a >= b for a, b in itertools.pairwise(value)):
-                raise ParamsError(f"{where}: must increase, got {list(value)}")
-            if isinstance(rule, Within | Form) and not rule.holds(value):
-                raise ParamsError(f"{where}: must be {rule.rule}, got {value}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, arg, where)
-            except ParamsError as e:
-                errors.append(str(e))
-        raise ParamsError(errors[0])
-    if origin is Literal:
-        if value not in args:
-            raise ParamsError(f"{where}: {value!r} is not one of {', '.join(map(str, args))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ParamsError(f"{where}: expected a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ParamsError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(
-            coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
-        )
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, float) and not math.isfinite(value):
-        raise ParamsError(f"{where}: must be a finite number, got {value}")
-    if hint in (int, float, str, bool) and (
-        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
-    ):
-        raise ParamsError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -198,7 +53,7 @@ class DatasetSpec:
     root: str | None = None  # where the source's files are; None: the source's default
 
     def check(self, where: str) -> None:
-        from pipeline.data.catalog import CATALOG
+        from pipeline.catalog import CATALOG
 
         if self.source not in CATALOG:
             raise ParamsError(
@@ -218,8 +73,8 @@ class DatasetSpec:
 
     @property
     def facts(self):
-        """What pipeline/data/catalog.py knows of the source before loading it."""
-        from pipeline.data.catalog import CATALOG
+        """What pipeline/catalog.py knows of the source before loading it."""
+        from pipeline.catalog import CATALOG
 
         return CATALOG[self.source]
 
@@ -321,11 +176,11 @@ class ModelSpec:
     """An architecture of pipeline/models.py and its options (keyword arguments of its class,
     checked against the types and rules the class declares)."""
 
-    arch: str  # pipeline/models.py ARCH_NAMES
+    arch: str  # pipeline/arch_options.py ARCH_NAMES
     options: dict = field(default_factory=dict)
 
     def check(self, where: str) -> None:
-        from pipeline.models import ARCH_NAMES, check_options
+        from pipeline.arch_options import ARCH_NAMES, check_options
 
         if self.arch not in ARCH_NAMES:
             raise ParamsError(f"{where}.arch: {self.arch!r} is not one of {', '.join(ARCH_NAMES)}")
@@ -603,13 +458,13 @@ def _model(value: Any, where: str) -> ModelSpec:
 
 
 def _method(value: Any, where: str) -> Any:
-    from pipeline.methods import METHODS  # the methods own their settings
+    from pipeline.methods.settings import SETTINGS
 
     value = dict(value or {})
     kind = value.pop("method", where.split(".")[-1])
-    if kind not in METHODS:
-        raise ParamsError(f"{where}.method: unknown method {kind!r} (known: {', '.join(METHODS)})")
-    return build(METHODS[kind].Settings, value, where)
+    if kind not in SETTINGS:
+        raise ParamsError(f"{where}.method: unknown method {kind!r} (known: {', '.join(SETTINGS)})")
+    return build(SETTINGS[kind], value, where)
 
 
 def parse(raw: dict) -> Params:
@@ -711,64 +566,13 @@ def load_run(path: str | Path = PARAMS_FILE) -> RunSpec:
 SCHEMA_FILE = "workflow/schemas/params.schema.yaml"
 
 
-def type_schema(hint: Any) -> dict:
-    """The JSON schema of a field type of this module (constraints included)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Annotated:
-        out = type_schema(args[0])
-        for rule in args[1:]:
-            if isinstance(rule, Within | Form):
-                out.update(rule.schema())
-        return out
-    if origin in (typing.Union, types.UnionType):
-        return {"anyOf": [type_schema(a) for a in args]}
-    if origin is Literal:
-        return {"enum": list(args)}
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return {"type": "array", "items": type_schema(args[0])}
-        items = [type_schema(a) for a in args]
-        return {"type": "array", "prefixItems": items, "minItems": len(args), "maxItems": len(args)}
-    simple = {int: "integer", float: "number", str: "string", bool: "boolean", type(None): "null"}
-    if hint in simple:
-        return {"type": simple[hint]}
-    return {"type": "object"} if origin is dict or hint is dict else {}
-
-
-def fields_schema(fields: dict[str, tuple[Any, Any]]) -> dict:
-    """An object of the given {name: (type, default)} fields, no others; EMPTY: required."""
-    empty = (dataclasses.MISSING, inspect.Parameter.empty)
-    properties = {}
-    for name, (hint, default) in fields.items():
-        properties[name] = type_schema(hint)
-        if default not in empty and isinstance(default, int | float | str | bool | tuple):
-            properties[name]["default"] = list(default) if isinstance(default, tuple) else default
-    required = [name for name, (_, default) in fields.items() if default in empty]
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        **({"required": required} if required else {}),
-        "properties": properties,
-    }
-
-
-def dataclass_schema(cls: type) -> dict:
-    hints = hints_of(cls)
-    fields = {}
-    for f in dataclasses.fields(cls):
-        if f.init and f.name != "raw":
-            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            fields[f.name] = (hints[f.name], default)
-    return fields_schema(fields)
-
-
 def json_schema() -> dict:
     """params.yaml's JSON schema, generated from the dataclasses above, the methods' Settings
     and the architectures' keyword arguments: one definition of every option. The checks
     across fields and entries (references, sizes against the data) are `parse`'s alone."""
-    from pipeline.data.catalog import CATALOG
-    from pipeline.methods import METHODS
-    from pipeline.models import ARCH_NAMES, option_types
+    from pipeline.arch_options import ARCH_NAMES, ARCH_OPTIONS
+    from pipeline.catalog import CATALOG
+    from pipeline.methods.settings import SETTINGS
 
     name = {"type": "string", "pattern": NAME.pattern}
 
@@ -779,7 +583,7 @@ def json_schema() -> dict:
     dataset["properties"]["source"] = {"enum": list(CATALOG)}
     arch_rules = []
     for arch in ARCH_NAMES:
-        options = fields_schema(option_types(arch))
+        options = dataclass_schema(ARCH_OPTIONS[arch])
         options["properties"]["arch"] = {"const": arch}
         arch_rules.append({"if": {"properties": {"arch": {"const": arch}}}, "then": options})
     model = {
@@ -789,8 +593,8 @@ def json_schema() -> dict:
         "allOf": arch_rules,
     }
     kinds = []
-    for kind, method in METHODS.items():
-        settings = dataclass_schema(method.Settings)
+    for kind, cls in SETTINGS.items():
+        settings = dataclass_schema(cls)
         settings["properties"] = {"method": {"const": kind}, **settings["properties"]}
         kinds.append(settings)
     method = {

@@ -15,7 +15,6 @@ from pipeline.io import git_revision, load_torch, write_json
 from pipeline.models import build_model
 from pipeline.plan import Run
 from pipeline.task import TaskData, load_task
-from pipeline.train import pick_device
 
 
 def classification_metrics(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
@@ -84,7 +83,7 @@ def settings_of(p: Params, run: Run) -> dict:
 
 def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
     """Score a run's saved model on the test split (`data`: the run's task, when loaded)."""
-    device = pick_device(p.run.device)
+    device = numerics.pick_device(p.run.device)
     if device.type == "cpu":
         numerics.configure(p.run.threads)
     data = data or load_task(run.dataset, run.noise, run.seed, device)

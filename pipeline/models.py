@@ -1,13 +1,6 @@
-"""Student networks for small images and flat feature vectors.
-
-Every model reaches its logits the same way, so a teacher can read any student's states:
-
-    model(x) == model.classifier(model.features(x))
-
-`features(x)` is the penultimate representation [N, feature_dim]; `feature_maps(x)` lists earlier
-states, each pooled to [N, C_k] (global average pooling for conv maps), from deepest-but-one to
-shallowest; `features_and_maps(x)` gives both from one pass (in train mode every pass updates the
-BatchNorm running statistics, so reading both separately would count the batch twice).
+"""Student networks for small images and flat feature vectors, all with the interface of
+pipeline/student_net.py; build_model makes any architecture of params.yaml (their options:
+pipeline/arch_options.py).
 
 No module works in place (no inplace=True, no += on activations), so the models run under
 torch.func.functional_call, torch.func.jvp and forward-mode dual tensors, BatchNorm in train
@@ -17,62 +10,20 @@ mode included.
 from __future__ import annotations
 
 import copy
-import inspect
+import dataclasses
 import math
 from collections.abc import Sequence
 from itertools import pairwise
-from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.config import Form, FractionBelow1, ParamsError, PositiveInt, coerce, hints_of
-
-EMPTY = inspect.Parameter.empty
-
-
-class _Student(nn.Module):
-    """The shared interface; subclasses set `classifier` and `feature_dim` and define `_states`."""
-
-    classifier: nn.Linear
-    feature_dim: int
-
-    def _states(self, x: Tensor) -> list[Tensor]:
-        """Internal states from shallowest to deepest; the last one is `features(x)`."""
-        raise NotImplementedError
-
-    def features_and_maps(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        *earlier, last = self._states(x)
-        return last, [s.mean(dim=(2, 3)) if s.dim() == 4 else s for s in reversed(earlier)]
-
-    def features(self, x: Tensor) -> Tensor:
-        return self._states(x)[-1]
-
-    def feature_maps(self, x: Tensor) -> list[Tensor]:
-        return self.features_and_maps(x)[1]
-
-    def forward(self, x: Tensor, states: bool = False):
-        """Logits; with `states`, (logits, features, pooled earlier maps) from one forward
-        (a teacher reading the student's internal states, through functional_call too)."""
-        if not states:
-            return self.classifier(self.features(x))
-        features, maps = self.features_and_maps(x)
-        return self.classifier(features), features, maps
-
-    def _init_weights(self) -> None:
-        # He et al. 2015 init for convs (fan_out keeps backward variance steady); Linear default.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+from pipeline.arch_options import ARCH_OPTIONS, check_options
+from pipeline.student_net import StudentNet
 
 
-class MLP(_Student):
+class MLP(StudentNet):
     """Fully connected ReLU net on the flattened input, dropout after each hidden layer.
 
     features: the last hidden layer (the flattened input if `hidden` is empty);
@@ -83,8 +34,8 @@ class MLP(_Student):
         self,
         in_features: int,
         num_classes: int,
-        hidden: tuple[PositiveInt, ...] = (256, 256),
-        dropout: FractionBelow1 = 0.0,
+        hidden: Sequence[int],
+        dropout: float,
     ):
         super().__init__()
         widths = [in_features, *hidden]
@@ -102,7 +53,7 @@ class MLP(_Student):
         return states or [h]
 
 
-class LeNet(_Student):
+class LeNet(StudentNet):
     """LeNet-5 (LeCun et al. 1998) with ReLU and max pooling: conv 5x5 (6) -> pool -> conv 5x5
     (16) -> pool -> fc 120 -> fc 84 -> classifier. No BatchNorm, as in the original.
 
@@ -161,7 +112,7 @@ class _PreActBlock(nn.Module):
         return out + skip
 
 
-class _PreActNet(_Student):
+class _PreActNet(StudentNet):
     """conv3x3 stem, three stages of `n` blocks (stride 2 before stages 2 and 3), final BN-ReLU,
     global average pooling (so any input of 8x8 or more works) and the classifier.
 
@@ -203,8 +154,8 @@ class PreActResNet(_PreActNet):
         self,
         in_channels: int,
         num_classes: int,
-        depth: Annotated[int, Form(6, 2)],
-        width: PositiveInt = 16,
+        depth: int,
+        width: int,
     ):
         widths = (width, width, 2 * width, 4 * width)
         super().__init__(in_channels, num_classes, widths, (depth - 2) // 6, 0.0)
@@ -218,15 +169,15 @@ class WideResNet(_PreActNet):
         self,
         in_channels: int,
         num_classes: int,
-        depth: Annotated[int, Form(6, 4)],
-        widen: PositiveInt = 1,
-        dropout: FractionBelow1 = 0.0,
+        depth: int,
+        widen: int,
+        dropout: float,
     ):
         widths = (16, 16 * widen, 32 * widen, 64 * widen)
         super().__init__(in_channels, num_classes, widths, (depth - 4) // 6, dropout)
 
 
-ARCHITECTURES: dict[str, type[_Student]] = {  # the arch names of params.yaml
+ARCHITECTURES: dict[str, type[StudentNet]] = {  # text_bert: pipeline/text_models.py
     "mlp": MLP,
     "lenet": LeNet,
     "preact_resnet": PreActResNet,
@@ -234,60 +185,20 @@ ARCHITECTURES: dict[str, type[_Student]] = {  # the arch names of params.yaml
 }
 
 
-ARCH_NAMES = (*ARCHITECTURES, "text_bert")  # text_bert: pipeline/text_models.py
-
-
 def _architecture(arch: str) -> type[nn.Module]:
-    if arch == "text_bert":  # imported here: pipeline.text_models builds on this module
+    if arch == "text_bert":  # imported here: transformers is slow to import
         from pipeline.text_models import TextClassifier
 
         return TextClassifier
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCH_NAMES)}")
+    if arch not in ARCH_OPTIONS:
+        raise ValueError(f"unknown arch {arch!r}; known: {', '.join(ARCH_OPTIONS)}")
     return ARCHITECTURES[arch]
-
-
-# constructor arguments that build_model sets from the data, never from params.yaml
-FROM_DATA = ("in_features", "in_channels", "image_size", "max_length", "num_classes")
-
-
-def option_types(arch: str) -> dict[str, tuple[Any, Any]]:
-    """The options params.yaml may give `arch`: its class's keyword arguments that the data
-    does not set, each with its declared type (constraints included) and its default."""
-    cls = _architecture(arch)
-    hints = hints_of(cls.__init__)
-    params = inspect.signature(cls).parameters
-    return {
-        name: (hints.get(name, Any), params[name].default)
-        for name in params
-        if name not in FROM_DATA
-    }
-
-
-def check_options(arch: str, options: dict, where: str = "options") -> dict:
-    """`options` read with the types and rules `arch`'s class declares; ParamsError naming
-    `where`.<option> for an unknown, missing, mistyped or out-of-range option."""
-    allowed = option_types(arch)
-    for name in options:
-        if name in FROM_DATA:
-            raise ParamsError(f"{where}.{name}: option of arch {arch!r} set from the data")
-        if name not in allowed:
-            raise ParamsError(
-                f"{where}.{name}: unknown option {name!r} for arch {arch!r}; "
-                f"it takes {list(allowed)}"
-            )
-    missing = [n for n, (_, default) in allowed.items() if n not in options and default is EMPTY]
-    if missing:
-        raise ParamsError(f"{where}.{missing[0]}: arch {arch!r} needs option(s) {missing}")
-    return {
-        name: coerce(value, allowed[name][0], f"{where}.{name}") for name, value in options.items()
-    }
 
 
 def build_model(arch: str, in_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
     """The `arch` network for examples of shape `in_shape` ((C, H, W), (D,) or token ids (L,));
     `options` are the class's remaining keyword arguments (e.g. depth, width, hidden, dropout)."""
-    options = check_options(arch, options)
+    options = dataclasses.asdict(check_options(arch, options))
     cls = _architecture(arch)
     in_shape = tuple(in_shape)
     if arch == "text_bert":

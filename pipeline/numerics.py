@@ -14,7 +14,8 @@ own machine only. `portable` pins each choice to code that every AVX2 CPU runs a
   cache sizes, so they are switched off.
 
 The environment must be set before torch or numpy loads (`pin`, called by the stage entry);
-the torch flags after (`configure`, called by train and evaluate).
+the torch flags after (`configure`, called by train and evaluate, which also take their
+device from `pick_device`).
 """
 
 from __future__ import annotations
@@ -84,6 +85,17 @@ def pin(mode: str) -> str:
 def in_effect() -> str:
     """The CPU numerics of this process (see pin)."""
     return _in_effect
+
+
+def pick_device(requested: str):
+    """The torch device of params.yaml `run.device` (auto: CUDA where there is one)."""
+    import torch
+
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device is cuda but no CUDA device is available")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(requested)
 
 
 def configure(threads: int) -> None:

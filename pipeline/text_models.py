@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from pipeline.config import FractionBelow1, PositiveInt
-from pipeline.models import _Student
+from pipeline.student_net import StudentNet
 
 PAD_ID, SEP_ID = 0, 102  # the uncased WordPiece vocabulary of both MiniLM checkpoints
 
@@ -158,7 +157,7 @@ def random_encoder(hidden: int, layers: int, heads: int, vocab_size: int, dropou
     return BertModel(config, add_pooling_layer=False)
 
 
-class TextClassifier(_Student):
+class TextClassifier(StudentNet):
     """BERT encoder -> mean over real tokens -> dropout -> linear classifier.
 
     weights: "minilm_l6", "minilm_l3", a model directory, or "none" (random, sized by hidden,
@@ -170,12 +169,12 @@ class TextClassifier(_Student):
         self,
         max_length: int,
         num_classes: int,
-        weights: str = "none",
-        layers: PositiveInt | None = None,
-        dropout: FractionBelow1 = 0.1,
-        hidden: PositiveInt = 384,
-        heads: PositiveInt = 12,
-        vocab_size: PositiveInt = 30522,
+        weights: str,
+        layers: int | None,
+        dropout: float,
+        hidden: int,
+        heads: int,
+        vocab_size: int,
     ):
         super().__init__()
         if weights == "none":

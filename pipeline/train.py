@@ -24,20 +24,12 @@ from pipeline.augment import augment
 from pipeline.config import Params
 from pipeline.core.student import Student, accuracy, cross_entropy, predict
 from pipeline.io import Progress, load_torch, log, save_torch, write_json
-from pipeline.methods import METHODS
 from pipeline.methods.base import Batch, Context
+from pipeline.methods.registry import METHODS
 from pipeline.models import build_model
 from pipeline.noise import generator
 from pipeline.plan import Cell, Run, teacher_runs
 from pipeline.task import TaskData, load_task
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device is cuda but no CUDA device is available")
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(requested)
 
 
 def batches(
@@ -204,7 +196,7 @@ def train(
     """Train one run, write model.pt and history.json, and score it (metrics.json); returns
     the run directory. `stop_after_epoch` simulates an interruption (tests of resuming)."""
     schedule, seed = p.schedules[run.schedule], run.seed
-    device = pick_device(p.run.device)
+    device = numerics.pick_device(p.run.device)
     if device.type == "cpu":
         numerics.configure(p.run.threads)
     out_dir, ckpt_path = Path(run.dir), Path(run.checkpoint)

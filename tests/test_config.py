@@ -121,7 +121,7 @@ def test_schema_accepts_the_params_and_refuses_what_parse_refuses(tiny_raw):
 
 
 def test_every_source_has_its_facts():
-    from pipeline.data.catalog import CATALOG
+    from pipeline.catalog import CATALOG
     from pipeline.data.sources import SOURCES
 
     assert list(SOURCES) == list(CATALOG)

@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from pipeline.config import NoiseSpec, ParamsError, build
 from pipeline.core.optim import SGDRule, sgd_step
-from pipeline.methods import METHODS
+from pipeline.methods.registry import METHODS
 
 
 @pytest.fixture(scope="module")

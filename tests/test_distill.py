@@ -14,9 +14,9 @@ from pipeline.core.meta import lookahead_loss, params_of, tangent_only
 from pipeline.core.optim import sgd_step
 from pipeline.core.student import Student
 from pipeline.core.unroll import replayed_rng, rng_state
-from pipeline.methods import METHODS
 from pipeline.methods.base import Batch, Context
 from pipeline.methods.distill import distillation_losses
+from pipeline.methods.registry import METHODS
 from pipeline.noise import generator
 from pipeline.task import TaskData
 from pipeline.text_models import TextClassifier
@@ -28,7 +28,7 @@ CLASSES = 3
 def tiny_bert(seed: int, dropout: float = 0.0) -> TextClassifier:
     torch.manual_seed(seed)
     model = TextClassifier(
-        10, CLASSES, hidden=16, layers=2, heads=2, vocab_size=110, dropout=dropout
+        10, CLASSES, weights="none", hidden=16, layers=2, heads=2, vocab_size=110, dropout=dropout
     )
     return model.double()
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from pipeline.config import DatasetSpec, NoiseSpec, ScheduleSpec
 from pipeline.core.student import Student
 from pipeline.data.sources import sklearn_digits
-from pipeline.methods import METHODS
 from pipeline.methods.base import Batch, Context
 from pipeline.methods.l2rw import normalise_weights
+from pipeline.methods.registry import METHODS
 from pipeline.models import build_model
 from pipeline.noise import generator, make_split
 from pipeline.task import TaskData, normalise

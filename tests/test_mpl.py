@@ -11,7 +11,7 @@ from test_methods import batch_of, digits_task, make_method
 
 from pipeline.config import NoiseSpec, ParamsError, build
 from pipeline.core.meta import lookahead_loss, params_of
-from pipeline.methods import METHODS
+from pipeline.methods.registry import METHODS
 from pipeline.train import batches, steps_per_epoch
 
 

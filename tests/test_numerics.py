@@ -125,7 +125,7 @@ def test_pin_after_torch_loaded_warns_and_records_what_runs(monkeypatch):
 
 
 def test_verify_knows_every_architectures_cost():
-    from pipeline.models import ARCH_NAMES
+    from pipeline.arch_options import ARCH_NAMES
     from pipeline.verify import ARCH_COST
 
     assert sorted(ARCH_COST) == sorted(ARCH_NAMES)

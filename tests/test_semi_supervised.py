@@ -12,9 +12,9 @@ from pipeline.augment import augment, cutout
 from pipeline.config import NoiseSpec, ParamsError, build
 from pipeline.core.meta import lookahead_loss, params_of
 from pipeline.core.student import Student
-from pipeline.methods import METHODS
 from pipeline.methods.base import Context
 from pipeline.methods.reduced_mpl import distributions
+from pipeline.methods.registry import METHODS
 from pipeline.methods.semi_supervised import uda_consistency
 from pipeline.models import build_model
 from pipeline.noise import generator

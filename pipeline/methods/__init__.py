@@ -1,58 +1,8 @@
-"""Teaching methods, one file each, listed in the explicit dict METHODS.
+"""Teaching methods, one file each, listed in the explicit dict METHODS of registry.py.
 
-A method is a class with a frozen `Settings` dataclass (built from its params.yaml section and
-checked before any job runs) and `step(batch)`, which makes one update of the student (and of
-its teacher, if it has one). See pipeline/methods/base.py for the interface. In params.yaml a
-method entry may name its implementation with `method:` to define a variant, e.g.
-`reed_hard: {method: bootstrap, mode: hard, beta: 0.8}`.
+A method is a class with a frozen `Settings` dataclass and `step(batch)`, which makes one update
+of the student (and of its teacher, if it has one); see base.py for the interface. The settings
+are defined in settings.py, which imports no torch, so that params.yaml is checked with them
+before any job runs. In params.yaml a method entry may name its implementation with `method:`
+to define a variant, e.g. `reed_hard: {method: bootstrap, mode: hard, beta: 0.8}`.
 """
-
-from pipeline.methods.dir import DIR
-from pipeline.methods.distill import DML, KD, LGTM, MetaDistill
-from pipeline.methods.dlf import DLF
-from pipeline.methods.erm import ERM
-from pipeline.methods.focal import Focal
-from pipeline.methods.l2rw import L2RW
-from pipeline.methods.l2rw_baselines import (
-    Bootstrap,
-    CleanOnly,
-    HardMining,
-    OracleWeighted,
-    Proportion,
-    RandomWeights,
-    Resample,
-)
-from pipeline.methods.loss_baselines import LargeMargin, Smooth01
-from pipeline.methods.mpl import MetaPseudoLabels
-from pipeline.methods.mwn import MetaWeightNet
-from pipeline.methods.reduced_mpl import NoisyStudent, ReducedMPL
-from pipeline.methods.semi_supervised import UDA, PseudoLabel
-from pipeline.methods.spl import SelfPaced
-
-METHODS = {
-    "erm": ERM,
-    "l2rw": L2RW,
-    "random": RandomWeights,
-    "proportion": Proportion,
-    "resample": Resample,
-    "hard_mining": HardMining,
-    "bootstrap": Bootstrap,
-    "weighted": OracleWeighted,
-    "clean_only": CleanOnly,
-    "dir": DIR,
-    "focal": Focal,
-    "spl": SelfPaced,
-    "mwn": MetaWeightNet,
-    "dlf": DLF,
-    "smooth_01": Smooth01,
-    "large_margin": LargeMargin,
-    "mpl": MetaPseudoLabels,
-    "pseudo_label": PseudoLabel,
-    "uda": UDA,
-    "reduced_mpl": ReducedMPL,
-    "noisy_student": NoisyStudent,
-    "kd": KD,
-    "dml": DML,
-    "meta_distill": MetaDistill,
-    "lgtm": LGTM,
-}

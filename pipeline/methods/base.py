@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from pipeline.config import NonNegativeInt, ScheduleSpec
+from pipeline.config import ScheduleSpec
 from pipeline.core.meta import buffer_copies, params_of
 from pipeline.core.student import Student
+from pipeline.methods.settings import MethodSettings
 from pipeline.task import TaskData
 
 
@@ -33,14 +34,6 @@ class Context:
     # pretrained teachers by params.yaml `teachers` name (the pretrain stage's models), for a
     # method whose settings name one in `teacher`
     pretrained: dict[str, torch.nn.Module] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class MethodSettings:
-    """Options every method has. finetune_steps: after training, steps of plain cross entropy
-    on the clean validation split at the final learning rate (the papers' "+FT" rows)."""
-
-    finetune_steps: NonNegativeInt = 0
 
 
 class Method:

@@ -26,20 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, replace
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from pipeline.config import NonNegativeInt, Positive, PositiveInt
 from pipeline.core.meta import buffer_copies, params_of
 from pipeline.core.unroll import Step, backward_through_steps, replayed_rng, rng_state
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
 from pipeline.methods.l2rw import weight_by_noise
+from pipeline.methods.settings import DIRSettings
 
-FEATURES = ("I0", "I1", "I2", "I3", "M0", "M1", "L")
 SURFACE = 4  # M1's scalars besides the predicted label: iteration, loss, best val acc, margin
 
 
@@ -80,30 +78,7 @@ def validation_loss(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch
 
 
 class DIR(Method):
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        """features: the teacher's inputs (any of I0-I3, M0, M1, L); hidden_layers: MLP-k;
-        interval, back: K student steps between teacher updates, B steps differentiated back
-        (Table 8; B <= K); deeper: keep dw/dtheta; metric: the validation measure;
-        teacher_lr: Adam's step size; val_batch_size: None = the training batch size."""
-
-        features: tuple[str, ...] = ("I0", "M0")
-        hidden_layers: NonNegativeInt = 0
-        interval: PositiveInt = 20
-        back: PositiveInt = 2
-        deeper: bool = False
-        metric: Literal["log_likelihood", "expected_accuracy"] = "log_likelihood"
-        teacher_lr: Positive = 1e-3
-        val_batch_size: PositiveInt | None = None
-
-        def check(self, where: str) -> None:
-            from pipeline.config import ParamsError
-
-            unknown = [f for f in self.features if f not in FEATURES]
-            if unknown or not self.features:
-                raise ParamsError(f"{where}.features: choose from {', '.join(FEATURES)}")
-            if self.back > self.interval:
-                raise ParamsError(f"{where}.back: must be at most interval (K)")
+    Settings = DIRSettings
 
     SAMPLED_STEPS = 50  # batches kept for the weight figures (from half-way through training)
 

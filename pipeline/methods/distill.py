@@ -43,14 +43,11 @@ differentiates one function.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from pipeline.config import Fraction, Positive, PositiveInt
 from pipeline.core.meta import (
     buffer_copies,
     lookahead_direction,
@@ -61,7 +58,8 @@ from pipeline.core.meta import (
 )
 from pipeline.core.student import accuracy, predict
 from pipeline.core.unroll import replayed_rng, rng_state
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
+from pipeline.methods.settings import DistillSettings, LGTMSettings
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -91,20 +89,7 @@ class Distill(Method):
 
     trains_teacher = False
 
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        teacher: str = ""  # a params.yaml `teachers` entry (the fine-tuned teacher)
-        alpha: Fraction = 0.5  # weight of distillation in the student's loss (Hinton's alpha)
-        temperature: Positive = 1.0
-        objective: Literal["ce", "dist", "mse"] = "ce"
-        teacher_lr: Positive = 3e-5  # Adam, for the teachers that learn (paper: 3e-5)
-        val_batch_size: PositiveInt | None = None
-
-        def check(self, where: str) -> None:
-            from pipeline.config import ParamsError
-
-            if not self.teacher:
-                raise ParamsError(f"{where}.teacher: distillation needs a pretrained teacher")
+    Settings = DistillSettings
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)
@@ -210,13 +195,7 @@ class MetaDistill(Distill):
 
 
 class LGTM(MetaDistill):
-    @dataclass(frozen=True)
-    class Settings(Distill.Settings):
-        teacher_alpha: Fraction = 0.6  # the teacher's own cross entropy in L_aux (Table 7)
-        influence: Literal["fd", "jvp", "double_backward"] = "fd"
-        epsilon: Positive = 0.01  # fd: step along v, relative to |v|
-        aux_target: Literal["student", "teacher"] = "student"  # see the module docstring
-        influence_scale: Literal["teacher_lr", "first_order", "one"] = "teacher_lr"
+    Settings = LGTMSettings
 
     def validation_gradient(self, grads) -> tuple[dict, torch.Tensor]:
         """v = grad R(theta') after the student's virtual step (Algorithm 1, lines 3-5)."""

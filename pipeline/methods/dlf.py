@@ -25,14 +25,11 @@ The state is an input, not a path of the gradient (ds/dtheta = 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from pipeline.config import NonNegative, NonNegativeInt, Positive, PositiveInt
 from pipeline.core.meta import buffer_copies, params_of
 from pipeline.core.student import Student, accuracy, cross_entropy, predict
 from pipeline.core.unroll import (
@@ -43,7 +40,8 @@ from pipeline.core.unroll import (
     segment_length,
 )
 from pipeline.io import log
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
+from pipeline.methods.settings import DLFSettings
 from pipeline.models import fresh_copy
 from pipeline.noise import generator
 
@@ -110,24 +108,7 @@ class StateTracker:
 
 
 class DLF(Method):
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        """teacher_steps: teacher optimisation steps (the paper: 60 for MNIST, 100 for CIFAR);
-        episode_steps: T, the student steps of each (None: the run's training length, so
-        that the state's iteration feature means the same in both phases); keys: N of the
-        attention; key_spread: the keys' initial differences; teacher_lr: Adam's alpha;
-        state_every: steps between refreshes of the dev statistics; segment: steps between
-        reverse-mode checkpoints (None: sqrt(T); 1 keeps every state); warm_start: the
-        first steps of every student that are plain cross entropy."""
-
-        teacher_steps: PositiveInt = 60
-        episode_steps: PositiveInt | None = None  # None: as long as the run's own training
-        keys: PositiveInt = 10
-        key_spread: NonNegative = 0.1
-        teacher_lr: Positive = 1e-4
-        state_every: PositiveInt = 20
-        segment: PositiveInt | None = None
-        warm_start: NonNegativeInt = 0
+    Settings = DLFSettings
 
     SNAPSHOTS = (1 / 3, 2 / 3, 1.0)  # fractions of training at which Phi_t is kept (Figure 4)
 

@@ -4,18 +4,14 @@ gamma in {0.5, 1, 2} on validation: define one variant per gamma in params.yaml.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch.nn.functional as F
 
-from pipeline.config import NonNegative
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
+from pipeline.methods.settings import FocalSettings
 
 
 class Focal(Method):
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        gamma: NonNegative = 1.0
+    Settings = FocalSettings
 
     def step(self, batch: Batch):
         log_p = F.log_softmax(self.student.model(batch.x), 1).gather(1, batch.y[:, None])

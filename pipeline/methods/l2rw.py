@@ -9,12 +9,8 @@ all-zero guard (line 11, Eq. 9); the weighted loss is the real step (lines 12-14
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
-from pipeline.config import PositiveInt
 from pipeline.core.meta import (
     forward_with_tangent,
     lookahead_direction,
@@ -22,7 +18,8 @@ from pipeline.core.meta import (
     tangent_only,
 )
 from pipeline.core.student import cross_entropy
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
+from pipeline.methods.settings import L2RWSettings
 
 
 def normalise_weights(raw: torch.Tensor) -> torch.Tensor:
@@ -33,18 +30,7 @@ def normalise_weights(raw: torch.Tensor) -> torch.Tensor:
 
 
 class L2RW(Method):
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        """route: how dR/deps is computed, all exact and equal (tests/test_methods.py):
-        jvp_fused: one training forward with dual tensors gives the loss graph and the
-            tangents (fewest passes; keeps tangent intermediates alive for the backward);
-        jvp: a separate no-grad tangent forward, then an ordinary forward (less memory);
-        double_backward: Algorithm 1 as written (backward on backward), the reference."""
-
-        val_batch_size: PositiveInt | None = (
-            None  # None: the schedule's (or the training batch size)
-        )
-        route: Literal["jvp_fused", "jvp", "double_backward"] = "jvp_fused"
+    Settings = L2RWSettings
 
     SAMPLED_STEPS = 50  # batches whose weights are kept for the weight-distribution figure
 

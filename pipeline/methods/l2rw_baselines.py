@@ -6,16 +6,13 @@ method takes steps of the same scale.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
 from pipeline.augment import augment
-from pipeline.config import Fraction, FractionBelow1, Share
 from pipeline.core.student import cross_entropy
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
+from pipeline.methods.settings import BootstrapSettings, CleanOnlySettings, HardMiningSettings
 
 
 class _WeightedLoss(Method):
@@ -99,9 +96,7 @@ class HardMining(Method):
     """HARD MINING: keep every minority-class example of the batch and only the hardest
     `majority_keep` fraction (highest loss) of the majority class's examples."""
 
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        majority_keep: Share = 0.5
+    Settings = HardMiningSettings
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)
@@ -129,10 +124,7 @@ class Bootstrap(Method):
     """Reed et al. 2014 bootstrapping: the target is beta * label + (1 - beta) * prediction,
     soft (the predicted distribution) or hard (its argmax); the prediction is held fixed."""
 
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        mode: Literal["soft", "hard"] = "soft"
-        beta: Fraction = 0.95
+    Settings = BootstrapSettings
 
     def step(self, batch: Batch):
         logits = self.student.model(batch.x)
@@ -157,10 +149,7 @@ class CleanOnly(Method):
 
     uses_unlabelled = True
 
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        label_smoothing: FractionBelow1 = 0.0
-        augment: Literal["none", "crop_flip", "randaugment"] = "none"
+    Settings = CleanOnlySettings
 
     def step(self, batch: Batch):
         x, y = self.val_batch(len(batch.y))

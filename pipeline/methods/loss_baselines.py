@@ -15,19 +15,16 @@ large_margin: the large-margin softmax (Liu et al. 2016): the target logit ||w_y
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import Fraction, NonNegative, Positive, PositiveInt
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
+from pipeline.methods.settings import LargeMarginSettings, Smooth01Settings
 
 
 class Smooth01(Method):
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        sharpness: Positive = 50.0  # K
+    Settings = Smooth01Settings
 
     def step(self, batch: Batch):
         log_p = F.log_softmax(self.student.model(batch.x), 1)
@@ -57,12 +54,7 @@ def large_margin_logits(
 
 
 class LargeMargin(Method):
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        margin: PositiveInt = 2  # m
-        beta_start: NonNegative = 1000.0
-        beta_decay: Fraction = 0.99
-        beta_min: NonNegative = 0.0
+    Settings = LargeMarginSettings
 
     def step(self, batch: Batch):
         s, model = self.settings, self.student.model

@@ -32,15 +32,11 @@ with another teacher.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from pipeline.augment import augment
-from pipeline.config import Fraction, FractionBelow1, NonNegative, Positive, PositiveInt
 from pipeline.core.meta import (
     buffer_copies,
     lookahead_direction,
@@ -49,45 +45,16 @@ from pipeline.core.meta import (
     targets_loss,
     teacher_surrogate,
 )
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
 from pipeline.methods.semi_supervised import uda_consistency
+from pipeline.methods.settings import MPLSettings
 from pipeline.models import fresh_copy
 
 
 class MetaPseudoLabels(Method):
     uses_unlabelled = True  # the student sees only the teacher's labels
 
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        route: Literal["exact", "first_order"] = "exact"
-        pseudo_labels: Literal["soft", "hard"] = "soft"
-        temperature: Positive = 1.0
-        teacher_optimizer: Literal["sgd", "adam"] = "sgd"
-        teacher_lr: Positive = 0.05
-        teacher_momentum: FractionBelow1 = 0.9
-        nesterov: bool = True
-        teacher_weight_decay: NonNegative = 0.0
-        teacher_dropout: FractionBelow1 | None = None  # None: the student's architecture's rate
-        supervised_weight: NonNegative = 1.0  # the teacher's own cross entropy on labelled data
-        val_batch_size: PositiveInt | None = None
-        augment: Literal["none", "randaugment"] = "none"
-        uda_weight: NonNegative = 0.0  # UDA + MPL: the teacher's consistency loss
-        uda_temperature: Positive = 0.4
-        uda_threshold: Fraction = 0.8
-        gradient_cosine: bool = False
-
-        def check(self, where: str) -> None:
-            from pipeline.config import ParamsError
-
-            pairs = {"exact": "soft", "first_order": "hard"}
-            if pairs[self.route] != self.pseudo_labels:
-                raise ParamsError(
-                    f"{where}.pseudo_labels: route {self.route} is defined for "
-                    f"{pairs[self.route]} pseudo labels (exact differentiates soft targets; "
-                    "sampled hard labels have no derivative, hence first_order)"
-                )
-            if self.uda_weight > 0 and self.augment == "none":
-                raise ParamsError(f"{where}.uda_weight: UDA needs a strong view (augment)")
+    Settings = MPLSettings
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)

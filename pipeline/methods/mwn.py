@@ -10,12 +10,9 @@ The teacher's optimiser is SGD with momentum 0.9 and weight decay 1e-3, lr `teac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from pipeline.config import Positive, PositiveInt
 from pipeline.core.meta import (
     lookahead_direction,
     params_of,
@@ -24,15 +21,12 @@ from pipeline.core.meta import (
     weights_loss,
 )
 from pipeline.core.student import cross_entropy
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
+from pipeline.methods.settings import MWNSettings
 
 
 class MetaWeightNet(Method):
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        hidden: PositiveInt = 100
-        teacher_lr: Positive = 1e-3
-        val_batch_size: PositiveInt | None = None
+    Settings = MWNSettings
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)

@@ -18,31 +18,21 @@ noisy_student: Xie et al. 2020 self-training, "the only difference [from Reduced
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from torch import nn
 
 from pipeline.augment import augment
-from pipeline.config import NonNegative, Positive, PositiveInt
 from pipeline.core.meta import targets_loss
 from pipeline.core.student import predict
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
 from pipeline.methods.mpl import MetaPseudoLabels
+from pipeline.methods.settings import NoisyStudentSettings, ReducedMPLSettings
 
 
 @torch.no_grad()
 def distributions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's class distributions on x, in evaluation mode (no dropout)."""
     return predict(model, x).softmax(1)
-
-
-def _require_teacher(where: str, teacher: str) -> None:
-    from pipeline.config import ParamsError
-
-    if not teacher:
-        raise ParamsError(f"{where}.teacher: required (a name in params.yaml `teachers`)")
 
 
 class Calibrator(nn.Module):
@@ -63,22 +53,7 @@ class Calibrator(nn.Module):
 
 
 class ReducedMPL(MetaPseudoLabels):
-    @dataclass(frozen=True)
-    class Settings(MetaPseudoLabels.Settings):
-        teacher: str = ""
-        hidden: PositiveInt = 128
-        layers: PositiveInt = 5
-        teacher_optimizer: Literal["sgd", "adam"] = "adam"
-        teacher_lr: Positive = 1e-4
-        teacher_weight_decay: NonNegative = 1e-4
-
-        def check(self, where: str) -> None:
-            from pipeline.config import ParamsError
-
-            super().check(where)
-            _require_teacher(where, self.teacher)
-            if self.uda_weight > 0:
-                raise ParamsError(f"{where}.uda_weight: the calibrator reads no images")
+    Settings = ReducedMPLSettings
 
     def make_teacher(self) -> nn.Module:
         data, s = self.ctx.data, self.settings
@@ -100,14 +75,7 @@ class ReducedMPL(MetaPseudoLabels):
 class NoisyStudent(Method):
     uses_unlabelled = True
 
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        teacher: str = ""
-        pseudo_labels: Literal["soft", "hard"] = "soft"
-        augment: Literal["none", "crop_flip", "randaugment"] = "randaugment"
-
-        def check(self, where: str) -> None:
-            _require_teacher(where, self.teacher)
+    Settings = NoisyStudentSettings
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)

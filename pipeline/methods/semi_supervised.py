@@ -14,15 +14,12 @@ uda: Xie et al. 2019. Cross entropy on a labelled batch plus `weight` times the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
 from pipeline.augment import augment
-from pipeline.config import Fraction, NonNegative, Positive, PositiveInt
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
+from pipeline.methods.settings import PseudoLabelSettings, UDASettings
 
 
 def uda_consistency(
@@ -39,13 +36,7 @@ def uda_consistency(
 class PseudoLabel(Method):
     uses_unlabelled = True
 
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        weight: NonNegative = 1.0
-        threshold: Fraction = 0.0
-        rampup: Fraction = 0.3  # fraction of training over which the weight rises from 0
-        labelled_batch_size: PositiveInt | None = None  # None: the schedule's batch size
-        gradient_cosine: bool = False  # log the training-validation gradient cosine
+    Settings = PseudoLabelSettings
 
     def step(self, batch: Batch):
         s, student = self.settings, self.student
@@ -69,13 +60,7 @@ class PseudoLabel(Method):
 class UDA(Method):
     uses_unlabelled = True
 
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        weight: NonNegative = 1.0  # the UDA factor
-        temperature: Positive = 0.4  # sharpening of the target
-        threshold: Fraction = 0.8  # confidence mask
-        augment: Literal["crop_flip", "randaugment"] = "randaugment"  # the strong view
-        labelled_batch_size: PositiveInt | None = None
+    Settings = UDASettings
 
     def step(self, batch: Batch):
         s, model = self.settings, self.student.model

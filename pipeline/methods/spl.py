@@ -6,18 +6,14 @@ all of it at `full_at` (a fraction of training), the usual batch-wise form of SP
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from pipeline.config import Share
 from pipeline.core.student import cross_entropy
-from pipeline.methods.base import Batch, Method, MethodSettings
+from pipeline.methods.base import Batch, Method
+from pipeline.methods.settings import SelfPacedSettings
 
 
 class SelfPaced(Method):
-    @dataclass(frozen=True)
-    class Settings(MethodSettings):
-        start_fraction: Share = 0.5
-        full_at: Share = 0.5
+    Settings = SelfPacedSettings
 
     def kept_fraction(self) -> float:
         s = self.settings
