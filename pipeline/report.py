@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline import plan
 from pipeline.config import Params, parse_claim, reported_numbers
-from pipeline.io import read_json, save_figure, write_text
+from pipeline.io import read_json, save_figure, write_json, write_text
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float]:
@@ -259,11 +259,21 @@ def curves_figure(p: Params, experiment: str, path: str) -> None:
     save_figure(fig, path)
 
 
+def table_numbers(summary: pd.DataFrame, metric: str = "accuracy") -> dict:
+    """{noise: {row: {"mean", "ci95"}}}: the table's numbers, compact (DVC's metrics)."""
+    out: dict = {}
+    for _, r in summary.iterrows():
+        cell = {"mean": float(r[f"{metric}_mean"]), "ci95": float(r[f"{metric}_ci95"])}
+        out.setdefault(r.noise, {})[r.method] = cell
+    return out
+
+
 def report(p: Params, experiment: str) -> pd.DataFrame:
     summary = summarise(collect(p, experiment))
     csv_path, md_path = plan.table_paths(experiment)
     write_text(summary.to_csv(index=False, float_format="%.2f", lineterminator="\n"), csv_path)
     write_text(markdown(p, experiment, summary), md_path)
+    write_json(table_numbers(summary), plan.metrics_path(experiment))
     if p.experiments[experiment].curves_figure:
         curves_figure(p, experiment, plan.figure_path(experiment))
     else:

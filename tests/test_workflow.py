@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -56,7 +57,8 @@ def dvc_jobs(text: str) -> dict[str, dict]:
     assert check["outs"] == [{plan.PARAMS_CHECKED: {"cache": False}}]
     out = {}
     for stage in stages.values():
-        outs = [o if isinstance(o, str) else next(iter(o)) for o in stage["outs"]]
+        entries = [o for kind in ("outs", "metrics", "plots") for o in stage.get(kind, [])]
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in entries]
         deps = stage["deps"]
         assert deps[0] == plan.PARAMS_CHECKED, stage["cmd"]
         out[stage["cmd"]] = {"output": sorted(outs), "input": sorted(deps[1:])}
@@ -133,7 +135,7 @@ def test_config_overrides_are_refused(workdir):
 def test_snakemake_end_to_end_is_deterministic(workdir):
     run("snakemake", "--cores", "2", cwd=workdir)
     tables = sorted(Path("results/tables").glob("*"))
-    assert [t.name for t in tables] == ["tiny.csv", "tiny.md"]
+    assert [t.name for t in tables] == ["tiny.csv", "tiny.json", "tiny.md"]
     first = {t: t.read_bytes() for t in tables}
     figure = Path("results/figures/tiny.png").read_bytes()
     md = first[Path("results/tables/tiny.md")].decode()
@@ -145,6 +147,16 @@ def test_snakemake_end_to_end_is_deterministic(workdir):
     run("snakemake", "--cores", "2", "--forceall", cwd=workdir)
     assert {t: t.read_bytes() for t in tables} == first
     assert Path("results/figures/tiny.png").read_bytes() == figure
+    run("snakemake", "--report", "results/report.html", cwd=workdir)
+    html = Path("results/report.html").read_text()
+    assert '"tiny.csv"' in html and '"tiny.png"' in html  # the table and the figure
+    assert "Test accuracy in % per noise setting and method" in html  # their captions
+
+
+def commit(workdir: Path, message: str) -> None:
+    run("git", "add", "-A", cwd=workdir)
+    who = ("-c", "user.name=test", "-c", "user.email=test@example.org")
+    run("git", *who, "commit", "-q", "-m", message, cwd=workdir)
 
 
 def test_dvc_repro_reruns_only_what_a_noise_rate_touches(workdir):
@@ -154,6 +166,7 @@ def test_dvc_repro_reruns_only_what_a_noise_rate_touches(workdir):
     run("dvc", "config", "core.analytics", "false", cwd=workdir)
     first = run("dvc", "repro", cwd=workdir).stdout
     assert first.count("Running stage") == len(plan.jobs(load("params.yaml"))) + 1  # + check
+    commit(workdir, "first run")
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["noise"]["uniform40"]["rate"] = 0.3
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -167,6 +180,16 @@ def test_dvc_repro_reruns_only_what_a_noise_rate_touches(workdir):
             "report-tiny",
         ]
     )
+    # the table's numbers are DVC metrics: after the change, the diff shows the new mean
+    diff = run("dvc", "metrics", "diff", "--json", cwd=workdir).stdout
+    changed = json.loads(diff)["results/tables/tiny.json"]
+    assert "uniform40.erm.mean" in changed and "clean.erm.mean" not in changed
+    assert "uniform40.erm.mean" in run("dvc", "exp", "show", "--csv", cwd=workdir).stdout
+    # seeds change the grid, which dvc.yaml is generated from: the check stage refuses
+    commit(workdir, "rate 0.3")
+    exp = run("dvc", "exp", "run", "-S", "profiles.default.seeds=[0]", cwd=workdir, check=False)
+    assert exp.returncode != 0
+    assert "run `python -m pipeline dvc-yaml`" in exp.stdout + exp.stderr
 
 
 def test_paper_profile_builds_the_same_dag(workdir):

@@ -25,3 +25,8 @@ def train_job(wc):
     return plan.train_job(
         P, plan.Cell(wc.dataset, wc.model, wc.schedule, wc.noise, wc.method, P.seeds)
     )
+
+
+def paper(wc):
+    """The report category of an experiment's outputs: the paper it reproduces."""
+    return plan.paper_of(wc.experiment)

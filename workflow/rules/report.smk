@@ -1,12 +1,25 @@
-# Tables and the figure of one experiment, from the metrics of all its runs.
+# Tables and the figure of one experiment, from the metrics of all its runs. Every output is
+# in `snakemake --report`, under its paper (plan.paper_of), with a caption from workflow/report.
 
 
 rule report:
     input:
         lambda wc: plan.report_job(P, wc.experiment).deps,
     output:
-        plan.table_paths("{experiment}"),
-        plan.figure_path("{experiment}"),
+        report(
+            plan.table_paths("{experiment}")[0],
+            caption="../report/table.rst",
+            category=paper,
+            subcategory="{experiment}",
+        ),
+        plan.table_paths("{experiment}")[1],
+        plan.metrics_path("{experiment}"),
+        report(
+            plan.figure_path("{experiment}"),
+            caption="../report/figure.rst",
+            category=paper,
+            subcategory="{experiment}",
+        ),
     log:
         plan.log_path("report", "{experiment}"),
     conda:
@@ -21,7 +34,12 @@ rule weights:
     input:
         lambda wc: plan.weights_job(P, wc.experiment).deps,
     output:
-        plan.weights_figure_path("{experiment}"),
+        report(
+            plan.weights_figure_path("{experiment}"),
+            caption="../report/weights.rst",
+            category=paper,
+            subcategory="{experiment}",
+        ),
     log:
         plan.log_path("weights", "{experiment}"),
     conda:
@@ -36,7 +54,18 @@ rule regions:
     input:
         lambda wc: plan.regions_job(P, wc.experiment).deps,
     output:
-        plan.regions_figure_paths("{experiment}"),
+        report(
+            plan.regions_figure_paths("{experiment}")[0],
+            caption="../report/regions.rst",
+            category=paper,
+            subcategory="{experiment}",
+        ),
+        report(
+            plan.regions_figure_paths("{experiment}")[1],
+            caption="../report/cosine.rst",
+            category=paper,
+            subcategory="{experiment}",
+        ),
     log:
         plan.log_path("regions", "{experiment}"),
     conda:
@@ -55,7 +84,12 @@ rule fidelity:
     input:
         plan.fidelity_job(P).deps,
     output:
-        plan.FIDELITY_PATHS,
+        report(
+            plan.FIDELITY_PATHS[0],
+            caption="../report/fidelity.rst",
+            category="1. Fidelity to the papers",
+        ),
+        plan.FIDELITY_PATHS[1],
     log:
         plan.log_path("fidelity", "all"),
     conda:
