@@ -239,3 +239,13 @@ def test_after_snakemake_is_killed_the_readme_commands_finish_the_same(workdir, 
     tables = {t: t.read_bytes() for t in Path("results/tables").glob("tiny.*")}
     run("snakemake", *PROFILE, "--cores", "1", "--forceall", cwd=workdir)
     assert {t: t.read_bytes() for t in Path("results/tables").glob("tiny.*")} == tables
+
+
+@pytest.mark.parametrize(("device", "asked"), [("cpu", "gpu=0"), ("auto", "gpu=1")])
+def test_a_train_job_asks_for_a_gpu_only_where_its_run_can_use_one(workdir, device, asked):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["run"]["device"] = device
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run("snakemake", "-n", "--cores", "1", cwd=workdir).stdout
+    gpus = {line.split("gpu=")[1].strip() for line in out.splitlines() if "gpu=" in line}
+    assert gpus == {asked.split("=")[1]}

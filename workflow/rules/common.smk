@@ -16,6 +16,8 @@ def settings(job):
     return plan.param_values(P, job)
 
 
+# A training job asks for a GPU only where its run can use one (run.device auto or cuda).
+GPUS = 0 if P.run.device == "cpu" else 1
 CELL = plan.Cell.wildcards(P.seeds)  # a train job's paths: every seed of the profile
 SEEDS = plan.seeds_arg(P.seeds)
 

@@ -14,7 +14,7 @@ rule train:
         "../envs/pipeline.yaml"
     threads: P.run.threads
     resources:
-        gpu=1,
+        gpu=GPUS,
     params:
         settings=lambda wc: settings(train_job(wc)),
         seeds=SEEDS,
@@ -37,7 +37,7 @@ rule pretrain:
         "../envs/pipeline.yaml"
     threads: P.run.threads
     resources:
-        gpu=1,
+        gpu=GPUS,
     params:
         settings=lambda wc: settings(
             plan.pretrain_job(P, wc.teacher, wc.dataset, wc.noise, P.seeds)
