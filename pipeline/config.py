@@ -1,9 +1,11 @@
-"""params.yaml: load, check and turn into frozen dataclasses.
+"""params.yaml: read strictly, check whole and turn into frozen dataclasses.
 
-Every section entry becomes a frozen dataclass built by `build`, which rejects unknown keys and
-wrong types with the dotted key in the message. Cross-references (an experiment naming a noise
-setting that does not exist, say) are checked in `Params.check`. Nothing here imports torch, so
-the Snakefile can check params.yaml before any job starts without paying for it.
+Every section entry becomes a frozen dataclass built by `build` (pipeline/typed.py), which
+rejects unknown keys, wrong types and values outside their declared ranges with the dotted key
+in the message. Cross-references (an experiment naming a noise setting that does not exist,
+say) and splits against what the dataset holds (pipeline/catalog.py) are checked in
+`_check_references`. Nothing here imports torch, so the Snakefile, the DVC check stage and the
+report jobs read params.yaml without paying for it.
 """
 
 from __future__ import annotations

@@ -324,3 +324,12 @@ def test_the_val_chosen_row_is_named_by_the_variants_common_name(tiny_raw):
     experiment["claims"] = ["dir (val-chosen) > dir_loss_k2b2"]
     with pytest.raises(ParamsError, match=r"claims\[0\]: 'dir \(val-chosen\)' is not"):
         parse(tiny_raw)
+
+
+def test_each_experiment_is_filed_under_its_paper_in_the_report():
+    from pipeline.plan import PAPERS, paper_of
+
+    assert paper_of("reduced_mpl_fmnist") == paper_of("mpl_moons") == PAPERS["mpl"]
+    assert paper_of("l2rw_uniform_fmnist") == PAPERS["l2rw"]
+    assert paper_of("dlf_mnist10k_mlp") != paper_of("dir_clean_fmnist")
+    assert paper_of("erm_uniform_fmnist") == paper_of("tiny") == "Baselines"
