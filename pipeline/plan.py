@@ -144,6 +144,11 @@ def log_path(stage: str, name: str) -> str:
     return f"results/logs/{stage}/{name}.log"
 
 
+def benchmark_path(stage: str, name: str) -> str:
+    """Snakemake's record of a job's wall time and memory (its `benchmark:` file)."""
+    return f"results/logs/benchmarks/{stage}/{name}.tsv"
+
+
 def table_paths(experiment: str) -> list[str]:
     return [f"results/tables/{experiment}.{ext}" for ext in ("csv", "md")]
 

@@ -144,6 +144,8 @@ def test_snakemake_end_to_end_is_deterministic(workdir):
     assert "seed0" in log and "seed1" in log  # one job trains every seed of a setting
     epoch_line = r"train digits-mlp-short-uniform40-erm-seed1 step \d+/\d+ step=\d+ .*val_acc="
     assert re.search(epoch_line, log)  # a line per epoch reaches the job's log
+    benchmark = Path(plan.benchmark_path("train", "digits-mlp-short-uniform40-erm"))
+    assert benchmark.read_text().startswith("s\th:m:s\tmax_rss")  # time and memory per job
     run("snakemake", "--cores", "2", "--forceall", cwd=workdir)
     assert {t: t.read_bytes() for t in tables} == first
     assert Path("results/figures/tiny.png").read_bytes() == figure

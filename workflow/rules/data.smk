@@ -6,6 +6,8 @@ rule prepare:
         plan.prepared_path("{dataset}"),
     log:
         plan.log_path("prepare", "{dataset}"),
+    benchmark:
+        plan.benchmark_path("prepare", "{dataset}")
     conda:
         "../envs/pipeline.yaml"
     params:
@@ -21,6 +23,8 @@ rule noise:
         plan.split_outputs("{dataset}", "{noise}", P.seeds),
     log:
         plan.log_path("noise", "{dataset}-{noise}"),
+    benchmark:
+        plan.benchmark_path("noise", "{dataset}-{noise}")
     conda:
         "../envs/pipeline.yaml"
     params:

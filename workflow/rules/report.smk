@@ -22,6 +22,8 @@ rule report:
         ),
     log:
         plan.log_path("report", "{experiment}"),
+    benchmark:
+        plan.benchmark_path("report", "{experiment}")
     conda:
         "../envs/pipeline.yaml"
     params:
@@ -42,6 +44,8 @@ rule weights:
         ),
     log:
         plan.log_path("weights", "{experiment}"),
+    benchmark:
+        plan.benchmark_path("weights", "{experiment}")
     conda:
         "../envs/pipeline.yaml"
     params:
@@ -68,6 +72,8 @@ rule regions:
         ),
     log:
         plan.log_path("regions", "{experiment}"),
+    benchmark:
+        plan.benchmark_path("regions", "{experiment}")
     conda:
         "../envs/pipeline.yaml"
     params:
@@ -92,6 +98,8 @@ rule fidelity:
         plan.FIDELITY_PATHS[1],
     log:
         plan.log_path("fidelity", "all"),
+    benchmark:
+        plan.benchmark_path("fidelity", "all")
     conda:
         "../envs/pipeline.yaml"
     params:

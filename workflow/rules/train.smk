@@ -10,6 +10,8 @@ rule train:
         CELL.outputs,
     log:
         plan.log_path("train", CELL.name),
+    benchmark:
+        plan.benchmark_path("train", CELL.name)
     conda:
         "../envs/pipeline.yaml"
     threads: P.run.threads
@@ -33,6 +35,8 @@ rule pretrain:
         plan.pretrain_outputs("{teacher}", "{dataset}", "{noise}", P.seeds),
     log:
         plan.log_path("pretrain", "{teacher}-{dataset}-{noise}"),
+    benchmark:
+        plan.benchmark_path("pretrain", "{teacher}-{dataset}-{noise}")
     conda:
         "../envs/pipeline.yaml"
     threads: P.run.threads
