@@ -158,32 +158,37 @@ def git_revision() -> str:
 
 
 class Progress:
-    """Progress lines for long loops: a line every `every` seconds on a terminal; on a pipe or
-    log file only the lines the caller marks as milestones, so logs stay short."""
+    """Progress of a long loop: on a terminal a tqdm bar (the rate and time left) with the
+    milestone lines printed above it; on a pipe or a log file only the milestones (the lines
+    the caller marks, an epoch's end), so logs stay a line per epoch."""
 
-    def __init__(self, label: str, total: int, every: float = 2.0, stream=None):
+    def __init__(self, label: str, total: int, stream=None):
         # sys.stderr as it is now, not at import: the job's log tee replaces it before a stage
         self.stream = stream or sys.stderr
-        self.label, self.total, self.every = label, total, every
-        self.tty = self.stream.isatty()
-        self.start = self.last = time.monotonic()
+        self.label, self.total = label, total
+        self.start = time.monotonic()
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, file=self.stream, leave=False)
 
     def update(self, done: int, message: str = "", milestone: bool = False) -> None:
-        now = time.monotonic()
-        if not (milestone or (self.tty and now - self.last >= self.every)):
+        if self.bar is not None:
+            self.bar.update(done - self.bar.n)
+        if not milestone:
             return
-        self.last = now
-        rate = done / max(now - self.start, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        line = (
-            f"{self.label} {done}/{self.total} {message} [{now - self.start:.0f}s, eta {eta:.0f}s]"
-        )
-        print(
-            ("\r" if self.tty and not milestone else "") + line,
-            end="\n" if milestone or not self.tty else "",
-            file=self.stream,
-            flush=True,
-        )
+        elapsed = time.monotonic() - self.start
+        eta = (self.total - done) * elapsed / done if done else float("inf")
+        line = f"{self.label} {done}/{self.total} {message} [{elapsed:.0f}s, eta {eta:.0f}s]"
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def log(message: str) -> None:

@@ -280,7 +280,9 @@ def train(
             milestone=True,
         )
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            progress.close()
             return out_dir
+    progress.close()
 
     if teacher.settings.finetune_steps:
         with named_failure(run, "fine-tuning"):

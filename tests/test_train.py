@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
 from pathlib import Path
 
@@ -338,3 +339,29 @@ def test_every_file_the_project_writes_loads_without_pickle(prepared):
     assert {f.name for f in files} >= {"digits.pt", "seed0.pt", "model.pt"}
     for f in files:
         torch.load(f, map_location="cpu", weights_only=True)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream", [io.StringIO, FakeTerminal])
+def test_progress_is_a_bar_on_a_terminal_and_a_line_per_milestone_in_a_log(stream):
+    from pipeline.io import Progress
+
+    out = stream()
+    progress = Progress("train run step", 20, stream=out)
+    for step in range(1, 21):
+        progress.update(step, f"val_acc={step}" if step % 10 == 0 else "", milestone=step % 10 == 0)
+    progress.close()
+    text = out.getvalue()
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.startswith("train")]
+    milestones = [line for line in lines if "val_acc=" in line]
+    assert [m.split(" [")[0] for m in milestones] == [
+        "train run step 10/20 val_acc=10",
+        "train run step 20/20 val_acc=20",
+    ]
+    assert ("\r" in text) == (stream is FakeTerminal)  # the bar redraws only on a terminal
+    if stream is io.StringIO:
+        assert text.count("\n") == 2  # nothing but the two milestone lines
