@@ -138,6 +138,19 @@ def test_every_method_takes_a_step(noisy, name):
     method.load_state_dict(torch.load(checkpoint, weights_only=True)["method"])
 
 
+@pytest.mark.parametrize("name", ["mwn", "mpl", "lgtm", "dlf"])
+def test_a_teacher_step_is_under_the_same_non_finite_check(noisy, name):
+    """A teacher stepped by its own optimiser stops the run, naming the tensor, like the
+    student's update (a hook makes one teacher parameter's gradient NaN)."""
+    from pipeline.core.student import NonFinite
+
+    method = make_method(name, noisy, arch="mlp", **SMALL.get(name, {}))
+    next(method.teacher.parameters()).register_hook(lambda g: g * float("nan"))
+    with pytest.raises(NonFinite, match=r"step \d+: the teacher gradient of \S+ is not finite"):
+        for start in range(0, 96, 32):
+            method.step(batch_of(noisy, start))
+
+
 def test_random_weights_are_a_rectified_gaussian(noisy):
     method = make_method("random", noisy, arch="mlp")
     w = method.weights(batch_of(noisy, 0, n=1000))

@@ -10,7 +10,7 @@ from torch.func import functional_call
 
 from pipeline.config import ScheduleSpec
 from pipeline.core.meta import buffer_copies, params_of
-from pipeline.core.student import Student
+from pipeline.core.student import Student, first_bad
 from pipeline.methods.settings import MethodSettings
 from pipeline.task import TaskData
 
@@ -51,6 +51,17 @@ class Method:
     def step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One training step; returns detached scalars to log (averaged over an epoch)."""
         raise NotImplementedError
+
+    def step_teacher(self) -> None:
+        """One step of the teacher's torch optimiser (`self.optimizer` on `self.teacher`, whose
+        .grad the method has set), under the same check as the student's update: a gradient
+        that is not finite stops the run before the step, a parameter after it, naming it."""
+        step = self.student.step_count + 1
+        params = dict(self.teacher.named_parameters())
+        grads = {k: p.grad for k, p in params.items() if p.grad is not None}
+        first_bad("teacher gradient", grads, step)
+        self.optimizer.step()
+        first_bad("teacher parameter", params, step)
 
     def val_index(self, size: int | None = None) -> torch.Tensor:
         """Positions of a random batch of the clean validation split (the teacher's data)."""

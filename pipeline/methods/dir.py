@@ -208,11 +208,9 @@ class DIR(Method):
         grads = backward_through_steps(
             theta, self.student.optimizer_state(), steps, rule, val_grad, teacher
         )
-        if not all(torch.isfinite(g).all() for g in grads):
-            raise FloatingPointError("dir: non-finite teacher gradient")
         for p, g in zip(teacher, grads, strict=True):
             p.grad = g
-        self.optimizer.step()
+        self.step_teacher()
         self.records = []
         return val_loss.detach()
 

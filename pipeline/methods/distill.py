@@ -111,7 +111,7 @@ class Distill(Method):
     def update_teacher(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward(inputs=list(self.teacher.parameters()))  # leave the student's .grad
-        self.optimizer.step()
+        self.step_teacher()
 
     def update_student(self, logits, batch: Batch) -> torch.Tensor:
         """The student's step on the teacher as it is now (after its own update)."""

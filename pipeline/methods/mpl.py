@@ -158,7 +158,7 @@ class MetaPseudoLabels(Method):
             logged["teacher_uda"] = uda.detach()
         self.optimizer.zero_grad(set_to_none=True)
         teacher_loss.backward()
-        self.optimizer.step()
+        self.step_teacher()
         return {**logged, "val_loss": r_after.detach(), "teacher_ce": supervised.detach()}
 
     def state_dict(self) -> dict:

@@ -59,7 +59,7 @@ class MetaWeightNet(Method):
         surrogate = teacher_surrogate(weights_loss, losses, tangents, self.weights(losses))
         self.optimizer.zero_grad(set_to_none=True)
         surrogate.backward()
-        self.optimizer.step()
+        self.step_teacher()
         return val_loss
 
     def step(self, batch: Batch):
