@@ -17,6 +17,10 @@ class SourceFacts:
     test: int | None = 0  # its own test split's size (0: none, carve one with test_size;
     # None: it has one, of a size known after loading)
     sized_by: str | None = None  # the dataset field that sets `examples` instead (two moons)
+    user: bool = False  # the user's own files: nothing known before the prepare stage
+
+
+USER = SourceFacts(0, None, test=None, user=True)
 
 
 CATALOG = {  # the names of pipeline/data/sources.py SOURCES (a test keeps them equal)
@@ -36,4 +40,7 @@ CATALOG = {  # the names of pipeline/data/sources.py SOURCES (a test keeps them 
     "glue_mnli": SourceFacts(3, None, test=None),
     "glue_qnli": SourceFacts(2, None, test=None),
     "glue_qqp": SourceFacts(2, None, test=None),
+    "table": USER,
+    "arrays": USER,
+    "image_folder": USER,
 }

@@ -53,6 +53,11 @@ class DatasetSpec:
     download: bool = False  # opt-in download (torchvision sets, GLUE)
     max_length: PositiveInt = 64  # text: tokens per example (truncated, padded)
     root: str | None = None  # where the source's files are; None: the source's default
+    # the user's own data (sources table, arrays, image_folder; see pipeline/data/user_sources.py)
+    path: str | None = None  # the file or folder
+    label: str = "label"  # table: the column of integer class labels
+    id_column: str | None = None  # table: a column of example ids (not a feature)
+    image_size: PositiveInt = 32  # image_folder: images are resized to this square
 
     def check(self, where: str) -> None:
         from pipeline.catalog import CATALOG
@@ -62,6 +67,8 @@ class DatasetSpec:
                 f"{where}.source: unknown source {self.source!r} (known: {', '.join(CATALOG)})"
             )
         facts = self.facts
+        if facts.user:  # nothing is known of the user's files before the prepare stage
+            return
         if facts.test != 0 and self.test_size is not None:
             raise ParamsError(f"{where}.test_size: {self.source} has a test split of its own")
         if facts.test == 0 and self.test_size is None:
@@ -143,6 +150,8 @@ class NoiseSpec:
 
     def check_fits(self, where: str, data: DatasetSpec, used_by: str) -> None:
         """The split and classes fit `data` (the dataset of experiment `used_by`)."""
+        if data.facts.user:  # checked when the noise stage reads the prepared data
+            return
         k = data.facts.classes
         about = f"{data.source} has {k} classes (used by {used_by})"
         if self.background is not None and self.background >= k:

@@ -216,10 +216,11 @@ def remake_split(dataset: str, noise: str, seed: int) -> str:
 
 
 def prepare_job(p: Params, dataset: str) -> Job:
+    path = p.datasets[dataset].path  # the user's own file or folder: a change reruns the job
     return Job(
         f"prepare-{dataset}",
         _cmd("prepare", dataset=dataset),
-        (),
+        (path,) if path else (),
         (prepared_path(dataset),),
         (f"datasets.{dataset}",),
     )

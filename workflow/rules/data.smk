@@ -2,6 +2,8 @@
 
 
 rule prepare:
+    input:
+        lambda wc: plan.prepare_job(P, wc.dataset).deps,
     output:
         plan.prepared_path("{dataset}"),
     log:

@@ -1,0 +1,142 @@
+"""A user's own data: a table, arrays and an image folder load from tiny files the tests
+write; bad files are refused with a message that names the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import DatasetSpec
+from pipeline.data.user_sources import arrays, image_folder, table
+
+
+def write_table(path, **changes) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d", "e", "f"],
+            "size": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "colour": ["red", "blue", "red", "green", "blue", "red"],
+            "label": [3, 7, 3, 7, 7, 3],
+        }
+    )
+    for column, values in changes.items():
+        frame[column] = values
+    frame.to_csv(path, index=False)
+
+
+def test_a_table_gives_numeric_and_one_hot_features_and_dense_classes(tmp_path):
+    write_table(tmp_path / "data.csv")
+    data = table(DatasetSpec("table", path=str(tmp_path / "data.csv"), id_column="id"))
+    assert data.classes == ["3", "7"] and data.y.tolist() == [0, 1, 0, 1, 1, 0]
+    # size, then colour one-hot in sorted order (blue, green, red); the id is not a feature
+    assert data.x.tolist()[1] == [2.0, 1.0, 0.0, 0.0] and data.x.dtype == torch.float32
+    assert not data.is_test.any()
+
+
+@pytest.mark.parametrize(
+    "changes, spec, message",
+    [
+        ({}, {"label": "class"}, "no label column 'class'"),
+        ({"label": ["x", "y", "x", "y", "x", "y"]}, {}, "must hold integers"),
+        ({"label": [0.5, 1, 0, 1, 1, 0]}, {}, "labels must be integers"),
+        ({"size": [1.0, None, 3.0, 4.0, 5.0, 6.0]}, {}, "missing values in column(s) ['size']"),
+        ({}, {"id_column": "key"}, "no id column 'key'"),
+    ],
+)
+def test_a_bad_table_is_refused_naming_the_problem(tmp_path, changes, spec, message):
+    write_table(tmp_path / "data.csv", **changes)
+    with pytest.raises(ValueError) as e:
+        table(DatasetSpec("table", path=str(tmp_path / "data.csv"), **spec))
+    assert message in str(e.value)
+
+
+def test_a_missing_file_names_the_path(tmp_path):
+    for load, source in ((table, "table"), (arrays, "arrays"), (image_folder, "image_folder")):
+        with pytest.raises(FileNotFoundError, match="no such"):
+            load(DatasetSpec(source, path=str(tmp_path / "nothing")))
+        with pytest.raises(FileNotFoundError, match="set `path`"):
+            load(DatasetSpec(source))
+
+
+def test_arrays_with_a_test_split_and_grey_images(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 4, 4)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([1, 2, 1, 2, 1, 2]), test_x=x[:2], test_y=[2, 1])
+    data = arrays(DatasetSpec("arrays", path=str(tmp_path / "d.npz")))
+    assert data.x.shape == (8, 1, 4, 4) and data.x.dtype == torch.uint8
+    assert data.is_test.tolist() == [False] * 6 + [True] * 2
+    assert data.classes == ["1", "2"] and data.y.tolist()[-2:] == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "parts, message",
+    [
+        ({"x": np.zeros((3, 2))}, "no array 'y'"),
+        ({"x": np.zeros((3, 2)), "y": [0, 1]}, "x has 3 rows and its labels 2"),
+        ({"x": np.zeros((3, 2)), "y": [0, 1, 0], "test_x": np.zeros((1, 2))}, "give both"),
+    ],
+)
+def test_bad_arrays_are_refused_naming_the_problem(tmp_path, parts, message):
+    np.savez(tmp_path / "d.npz", **parts)
+    with pytest.raises(ValueError, match=message):
+        arrays(DatasetSpec("arrays", path=str(tmp_path / "d.npz")))
+
+
+def test_an_image_folder_is_resized_to_rgb_squares(tmp_path):
+    from PIL import Image
+
+    for k, name in enumerate(("cat", "dog")):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            image = Image.new("L" if k else "RGB", (10 + i, 7), color=40 * (i + 1))
+            image.save(tmp_path / name / f"{i}.png")
+    data = image_folder(DatasetSpec("image_folder", path=str(tmp_path), image_size=8))
+    assert data.x.shape == (6, 3, 8, 8) and data.x.dtype == torch.uint8
+    assert data.classes == ["cat", "dog"] and data.y.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_an_empty_image_folder_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="class"):
+        image_folder(DatasetSpec("image_folder", path=str(tmp_path)))
+
+
+def test_l2rw_runs_on_the_users_own_csv(workdir, tiny_raw):
+    """The README's example: a CSV with its label column, uniform noise, ERM and L2RW, through
+    the stages, from params.yaml to the table."""
+    import pandas as pd
+    import yaml
+
+    from pipeline.__main__ import main
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)  # three classes, told apart by `size`
+    ids = [f"r{i}" for i in range(300)]
+    pd.DataFrame({"id": ids, "size": y + rng.normal(0, 0.3, 300), "label": y}).to_csv(
+        "mine.csv", index=False
+    )
+    mine = {"source": "table", "path": "mine.csv", "id_column": "id", "test_size": 60}
+    tiny_raw["datasets"]["mine"] = mine
+    tiny_raw["noise"]["noisy"] = {"kind": "uniform", "rate": 0.3, "val_size": 30}
+    tiny_raw["methods"]["l2rw"] = {}
+    tiny_raw["experiments"]["mine"] = {
+        "dataset": "mine",
+        "model": "mlp",
+        "schedule": "short",
+        "noise": ["noisy"],
+        "methods": ["erm", "l2rw"],
+    }
+    tiny_raw["profiles"]["default"]["experiments"] = ["mine"]
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+    assert main(["prepare", "--dataset", "mine"]) == 0
+    assert main(["noise", "--dataset", "mine", "--noise", "noisy", "--seeds", "0,1"]) == 0
+    args = ["--dataset", "mine", "--model", "mlp", "--schedule", "short", "--noise", "noisy"]
+    for method in ("erm", "l2rw"):
+        assert main(["train", *args, "--method", method, "--seeds", "0,1"]) == 0
+    assert main(["report", "--experiment", "mine"]) == 0
+    table_md = Path("results/tables/mine.md").read_text()
+    assert "| erm |" in table_md and "| l2rw |" in table_md
