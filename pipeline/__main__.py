@@ -137,7 +137,15 @@ def cmd_bench(args) -> None:
     """Step time and peak memory: the methods, the distillation methods, reverse passes."""
     from pipeline.bench import run
 
-    run(args.suite, args.cases, args.steps, args.device, args.out)
+    run(
+        args.suite,
+        args.cases,
+        args.steps,
+        args.device,
+        args.out,
+        rounds=args.rounds,
+        quick=args.quick,
+    )
 
 
 def _bench_args(parser: argparse.ArgumentParser) -> None:
@@ -154,6 +162,12 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--steps", type=int, default=20, help="timed steps per measurement (steps, distill)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measurements of each method, interleaved"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="one small case (CPU: mlp:100), under 2 minutes"
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", default="results/bench", help="output folder")

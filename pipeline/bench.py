@@ -15,14 +15,20 @@ reverse: reverse mode through many steps. DIR's teacher update (Algorithm 1) aga
     segments grow like sqrt(T). Writes results/bench/reverse_<device>.csv.
 
 Each measurement runs in a fresh process so that peak memory is its own: CUDA's
-max_memory_allocated on a GPU, the growth of the peak resident set on a CPU. Needs torch only
-(no workflow engine), so it runs on a bare GPU machine with PYTHONPATH=.
+max_memory_allocated on a GPU, the growth of the peak resident set on a CPU. The steps and
+distill suites measure in rounds, interleaved (ERM, then every method, then again), and take
+each ratio to ERM within its round, so that load that comes and goes on a shared machine falls
+on all methods alike; a row gives the median over rounds and the interquartile range of its
+ratio, with a warning where that spread exceeds 10% of the ratio. `--quick`: the CPU case
+mlp:100 alone, 100 steps a measurement, in 3 rounds (under 2 minutes). Needs torch only (no workflow engine), so it runs
+on a bare GPU machine with PYTHONPATH=.
 """
 
 from __future__ import annotations
 
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -71,6 +77,10 @@ REVERSE = [("dir", b) for b in BACKS] + [
     (f"dlf_{how}", t) for how in ("segments", "stored") for t in LENGTHS
 ]
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
+QUICK_CASES = {"cpu": "mlp:100", "cuda": "resnet32:512"}
+QUICK_STEPS = 100  # at least, per measurement: a window of 20 short steps is mostly noise
+ROUNDS = 3  # measurements of each method, interleaved
+SPREAD_WARNING = 0.10  # interquartile range of a ratio, relative to the ratio
 DISTILL_CASES = {"cpu": "minilm_l3:16", "cuda": "minilm_l3:32"}
 
 
@@ -193,6 +203,54 @@ def _in_fresh_process(*args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def median_iqr(values: list[float]) -> tuple[float, float]:
+    """The median and the interquartile range (0 for a single value)."""
+    if len(values) < 2:
+        return values[0], 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return statistics.median(values), q3 - q1
+
+
+def timed_rows(suite, model_name, batch, variants, steps, device, rounds) -> list[dict]:
+    """Every variant `rounds` times, interleaved; times and ratios to the same round's ERM."""
+    samples: dict[str, list[dict]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            args = (suite, model_name, batch, variant, str(steps), device)
+            samples[variant].append(_in_fresh_process(*args))
+    rows = []
+    for variant, runs in samples.items():
+        erm = samples["erm"]
+        ratio, spread = median_iqr(
+            [r["ms_per_step"] / e["ms_per_step"] for r, e in zip(runs, erm, strict=True)]
+        )
+        memory, _ = median_iqr(
+            [r["peak_mb"] / max(e["peak_mb"], 1e-9) for r, e in zip(runs, erm, strict=True)]
+        )
+        row = {
+            "device": runs[0]["device"],
+            "model": model_name,
+            "batch": int(batch),
+            "method": variant,
+            "ms_per_step": statistics.median(r["ms_per_step"] for r in runs),
+            "peak_mb": statistics.median(r["peak_mb"] for r in runs),
+            "time_vs_erm": ratio,
+            "time_vs_erm_iqr": spread,
+            "memory_vs_erm": memory,
+            "rounds": rounds,
+        }
+        rows.append(row)
+        noisy = spread > SPREAD_WARNING * ratio
+        print(
+            f"{device} {model_name} batch {batch} {variant} {row['ms_per_step']:.1f} ms/step, "
+            f"{ratio:.2f}x ERM (IQR {spread:.2f}), peak {row['peak_mb']:.0f} MB, "
+            f"{memory:.2f}x ERM"
+            + (" WARNING: spread above 10%, the machine is noisy" if noisy else ""),
+            flush=True,
+        )
+    return rows
+
+
 def run(
     suite: str,
     cases: str | None,
@@ -200,43 +258,34 @@ def run(
     device: str,
     out_dir: str,
     reverse: list[tuple[str, int]] = REVERSE,
+    rounds: int = ROUNDS,
+    quick: bool = False,
 ) -> list[dict]:
     """Run one suite for every model:batch case, each measurement in a fresh process
-    (`reverse`: the (method, steps back) measured by the reverse suite)."""
+    (`reverse`: the (method, steps back) measured by the reverse suite; `rounds`: of the
+    steps and distill suites)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
-    defaults = DISTILL_CASES if suite == "distill" else DEFAULT_CASES
+    defaults = QUICK_CASES if quick else DISTILL_CASES if suite == "distill" else DEFAULT_CASES
+    steps = max(steps, QUICK_STEPS) if quick else steps
     for case in (cases or defaults[device]).split(","):
         model_name, batch = case.split(":")
         if model_name not in MODELS:
             raise ValueError(f"bench: unknown model {model_name!r} (known: {', '.join(MODELS)})")
         timed = SUITE_VARIANTS.get(suite)
-        items = [(v, steps) for v in timed] if timed else reverse
-        for method, count in items:
+        if timed:
+            rows += timed_rows(suite, model_name, batch, timed, steps, device, rounds)
+            continue
+        for method, count in reverse:
             row = _in_fresh_process(suite, model_name, batch, method, str(count), device)
             rows.append(row)
-            if timed:
-                cost = f"{row['ms_per_step']:.1f} ms/step"
-            else:
-                cost = f"{count} steps back: {row['ms']:.0f} ms"
             print(
-                f"{device} {model_name} batch {batch} {method} {cost}, "
-                f"peak {row['peak_mb']:.0f} MB",
+                f"{device} {model_name} batch {batch} {method} {count} steps back: "
+                f"{row['ms']:.0f} ms, peak {row['peak_mb']:.0f} MB",
                 flush=True,
             )
-    if suite in SUITE_VARIANTS:
-        for row in rows:
-            erm = next(
-                r
-                for r in rows
-                if r["model"] == row["model"]
-                and r["batch"] == row["batch"]
-                and r["method"] == "erm"
-            )
-            row["time_vs_erm"] = row["ms_per_step"] / erm["ms_per_step"]
-            row["memory_vs_erm"] = row["peak_mb"] / max(erm["peak_mb"], 1e-9)
-    write_outputs(rows, Path(out_dir), suite, device)
+    write_outputs(rows, Path(out_dir), suite + ("_quick" if quick else ""), device)
     return rows
 
 
@@ -248,7 +297,7 @@ def write_outputs(rows: list[dict], out_dir: Path, suite: str, device: str) -> N
         frame.to_csv(index=False, float_format="%.3f", lineterminator="\n"),
         out_dir / f"{suite}_{device}.csv",
     )
-    if suite != "steps":
+    if not suite.startswith("steps"):
         return
     try:
         import matplotlib
@@ -265,7 +314,7 @@ def write_outputs(rows: list[dict], out_dir: Path, suite: str, device: str) -> N
     for k, variant in enumerate(VARIANTS):
         sub = frame[frame["method"] == variant]
         pos = [i + k * width for i in range(len(cases))]
-        axes[0].bar(pos, sub["time_vs_erm"], width, label=variant)
+        axes[0].bar(pos, sub["time_vs_erm"], width, yerr=sub["time_vs_erm_iqr"] / 2, label=variant)
         axes[1].bar(pos, sub["memory_vs_erm"], width, label=variant)
     for ax, title in zip(axes, ("step time / ERM", "peak memory / ERM"), strict=True):
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], cases, fontsize=8)
@@ -278,6 +327,7 @@ def write_outputs(rows: list[dict], out_dir: Path, suite: str, device: str) -> N
 
 if __name__ == "__main__":  # one measurement, in its own process (see `run`)
     suite, name, batch, item, steps, device = sys.argv[1:]
+    torch.set_num_threads(1)  # one core per measurement: threads fighting for cores add noise
     if suite in SUITE_VARIANTS:
         print(json.dumps(measure(name, int(batch), item, int(steps), device)))
     else:

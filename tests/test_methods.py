@@ -222,12 +222,21 @@ def test_bootstrap_targets(mode):
 def test_bench_writes_relative_figures(tmp_path):
     from pipeline.bench import VARIANTS, run
 
-    rows = run("steps", "mlp:16", steps=2, device="cpu", out_dir=str(tmp_path))
+    rows = run("steps", "mlp:16", steps=2, device="cpu", out_dir=str(tmp_path), rounds=2)
     assert [r["method"] for r in rows] == list(VARIANTS)
     assert all(r["ms_per_step"] > 0 and r["time_vs_erm"] > 0 for r in rows)
+    assert rows[0]["time_vs_erm"] == 1 and rows[0]["time_vs_erm_iqr"] == 0  # ERM against itself
+    assert all(r["rounds"] == 2 and r["time_vs_erm_iqr"] >= 0 for r in rows)
     csv = (tmp_path / "steps_cpu.csv").read_text().splitlines()
     assert csv[0].startswith("device,model,batch,method,ms_per_step,peak_mb,time_vs_erm")
     assert len(csv) == 1 + len(VARIANTS) and (tmp_path / "steps_cpu.png").exists()
+
+
+def test_median_and_interquartile_range():
+    from pipeline.bench import median_iqr
+
+    assert median_iqr([2.0]) == (2.0, 0.0)
+    assert median_iqr([1.0, 2.0, 3.0, 4.0, 100.0]) == (3.0, 2.0)  # an outlier moves neither
 
 
 def test_bench_distill_variants_take_steps():
