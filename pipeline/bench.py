@@ -19,9 +19,10 @@ max_memory_allocated on a GPU, the growth of the peak resident set on a CPU. The
 distill suites measure in rounds, interleaved (ERM, then every method, then again), and take
 each ratio to ERM within its round, so that load that comes and goes on a shared machine falls
 on all methods alike; a row gives the median over rounds and the interquartile range of its
-ratio, with a warning where that spread exceeds 10% of the ratio. `--quick`: the CPU case
-mlp:100 alone, 100 steps a measurement, in 3 rounds (under 2 minutes). Needs torch only (no workflow engine), so it runs
-on a bare GPU machine with PYTHONPATH=.
+ratio, with a warning where that spread exceeds 10% of the ratio; each measurement runs on one
+thread. `--quick`: the CPU case mlp:100 alone, 100 steps a measurement, in 3 rounds (under 2
+minutes). Needs torch only (no workflow engine), so it runs on a bare GPU machine with
+PYTHONPATH=.
 """
 
 from __future__ import annotations
