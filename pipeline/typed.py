@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import itertools
 import math
 import re
@@ -204,28 +203,23 @@ def type_schema(hint: Any) -> dict:
     return {"type": "object"} if origin is dict or hint is dict else {}
 
 
-def fields_schema(fields: dict[str, tuple[Any, Any]]) -> dict:
-    """An object of the given {name: (type, default)} fields, no others; EMPTY: required."""
-    empty = (dataclasses.MISSING, inspect.Parameter.empty)
-    properties = {}
-    for name, (hint, default) in fields.items():
-        properties[name] = type_schema(hint)
-        if default not in empty and isinstance(default, int | float | str | bool | tuple):
-            properties[name]["default"] = list(default) if isinstance(default, tuple) else default
-    required = [name for name, (_, default) in fields.items() if default in empty]
+def dataclass_schema(cls: type) -> dict:
+    """The JSON schema of a settings dataclass: its fields, no others; those without a
+    default required."""
+    hints = hints_of(cls)
+    properties, required = {}, []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        properties[f.name] = type_schema(hints[f.name])
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        if default is dataclasses.MISSING:
+            required.append(f.name)
+        elif isinstance(default, int | float | str | bool | tuple):
+            properties[f.name]["default"] = list(default) if isinstance(default, tuple) else default
     return {
         "type": "object",
         "additionalProperties": False,
         **({"required": required} if required else {}),
         "properties": properties,
     }
-
-
-def dataclass_schema(cls: type) -> dict:
-    hints = hints_of(cls)
-    fields = {}
-    for f in dataclasses.fields(cls):
-        if f.init and f.name != "raw":
-            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            fields[f.name] = (hints[f.name], default)
-    return fields_schema(fields)
