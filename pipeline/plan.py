@@ -50,7 +50,7 @@ class Run:
         return "".join(f" --{f.name} {getattr(self, f.name)}" for f in fields(self))
 
 
-RUN_OUTPUTS = ("model.pt", "history.json", "metrics.json")
+RUN_OUTPUTS = ("model.pt", "history.json", "metrics.json", "examples.csv")
 TEACHERS = "results/teachers"
 
 
@@ -184,6 +184,16 @@ def weights_figure_path(experiment: str) -> str:
     return f"results/figures/weights/{experiment}.png"
 
 
+def suspects_paths(experiment: str) -> tuple[str, str, str]:
+    """The suspects stage's Markdown (detection tables, top suspects per class), its CSV
+    (detection figures per run) and its figure (precision-recall curves; images)."""
+    return (
+        f"results/tables/suspects/{experiment}.md",
+        f"results/tables/suspects/{experiment}.csv",
+        f"results/figures/suspects/{experiment}.png",
+    )
+
+
 @dataclass(frozen=True)
 class Job:
     name: str  # the DVC stage name
@@ -258,7 +268,19 @@ def train_job(p: Params, cell: Cell) -> Job:
         ),
         tuple(cell.outputs),
         (f"models.{cell.model}", f"schedules.{cell.schedule}", f"methods.{cell.method}", "run"),
-        committed=tuple(o for o in cell.outputs if o.endswith(".json")),
+        committed=tuple(
+            o
+            for o in cell.outputs
+            if o.endswith(".json") or (o.endswith("/examples.csv") and read_by_suspects(p, cell))
+        ),
+    )
+
+
+def read_by_suspects(p: Params, cell: Cell) -> bool:
+    """Whether a suspects stage reads this cell's examples.csv (then it is committed, as
+    the stage's other inputs are; elsewhere it is large and regenerated with the run)."""
+    return any(
+        exp.suspects and cell in cells(p, name) for name, exp in p.active_experiments.items()
     )
 
 
@@ -312,6 +334,22 @@ def weights_job(p: Params, experiment: str) -> Job:
         (out,),
         (f"experiments.{experiment}",),
         committed=(out,),
+    )
+
+
+def suspects_job(p: Params, experiment: str) -> Job:
+    """Which training labels each method's ranking suspects, and how well it finds the
+    corrupted ones (the images of the top suspects read the prepared dataset)."""
+    exp = p.experiments[experiment]
+    outs = suspects_paths(experiment)
+    deps = [r.file(n) for r in runs(p, experiment) for n in ("examples.csv", "metrics.json")]
+    return Job(
+        f"suspects-{experiment}",
+        _cmd("suspects", experiment=experiment),
+        (*deps, *([prepared_path(exp.dataset)] if exp.contact_sheet else [])),
+        outs,
+        (f"experiments.{experiment}",),
+        committed=outs,
     )
 
 
@@ -375,6 +413,8 @@ def jobs(p: Params) -> list[Job]:
             found.append(weights_job(p, name))
         if exp.regions_figure:
             found.append(regions_job(p, name))
+        if exp.suspects:
+            found.append(suspects_job(p, name))
         out.update((j.name, j) for j in found if j.name not in out)
     fidelity = fidelity_job(p)
     return [*out.values(), *([fidelity] if fidelity.deps else [])]

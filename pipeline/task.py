@@ -26,6 +26,10 @@ class TaskData:
     test_y: torch.Tensor
     num_classes: int
     class_names: list[str]
+    # each training example's position in the prepared dataset (a table's row), and the
+    # user's example ids where the source has them (both for examples.csv)
+    train_rows: torch.Tensor | None = None
+    ids: list[str] | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -76,4 +80,6 @@ def load_task(
         test_y=split["test_y"].to(device),
         num_classes=split["num_classes"],
         class_names=split["class_names"],
+        train_rows=split["train_idx"],
+        ids=raw.get("ids"),
     )

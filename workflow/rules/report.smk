@@ -82,6 +82,35 @@ rule regions:
         "python -m pipeline regions --experiment {wildcards.experiment}"
 
 
+rule suspects:
+    input:
+        lambda wc: plan.suspects_job(P, wc.experiment).deps,
+    output:
+        report(
+            plan.suspects_paths("{experiment}")[0],
+            caption="../report/suspects.rst",
+            category=paper,
+            subcategory="{experiment}",
+        ),
+        plan.suspects_paths("{experiment}")[1],
+        report(
+            plan.suspects_paths("{experiment}")[2],
+            caption="../report/suspects_figure.rst",
+            category=paper,
+            subcategory="{experiment}",
+        ),
+    log:
+        plan.log_path("suspects", "{experiment}"),
+    benchmark:
+        plan.benchmark_path("suspects", "{experiment}")
+    conda:
+        "../envs/pipeline.yaml"
+    params:
+        settings=lambda wc: settings(plan.suspects_job(P, wc.experiment)),
+    shell:
+        "python -m pipeline suspects --experiment {wildcards.experiment}"
+
+
 # fidelity.md would also match the report rule's pattern
 ruleorder: fidelity > report
 

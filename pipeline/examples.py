@@ -1,0 +1,139 @@
+"""What a run says about each training example: `examples.csv` beside its metrics.
+
+A reweighting method (L2RW, Meta-Weight-Net, DIR) reports the weight it gives each example at
+every step it sees it (`ExampleWeights`); after training, every run writes one row per labelled
+training example: its given label, the final student's prediction and its probability (labels
+by class name), its loss on the given label under the final and the best-on-validation model,
+the mean and last weight the teacher gave it, whether the noise stage corrupted its label, and
+its suspicion rank (1: most likely mislabelled). The rank comes from the mean weight where the
+method weighted examples (lowest first), otherwise from the loss under the best-on-validation
+model (largest first: the common small-loss criterion, at the epoch chosen on the clean
+validation split, before a baseline has memorised the noise). Where labels were corrupted, how
+well the ranking finds them goes into metrics.json (pipeline/detection.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.student import predict
+from pipeline.detection import ranking_quality
+from pipeline.io import write_text
+from pipeline.task import TaskData
+
+
+class ExampleWeights:
+    """Running sum, count and last value of each training example's weight (times the batch
+    size: 1 is uniform), indexed by its position in the training split."""
+
+    def __init__(self, size: int):
+        self.total = torch.zeros(size, dtype=torch.float64)
+        self.count = torch.zeros(size, dtype=torch.int64)
+        self.last = torch.full((size,), float("nan"), dtype=torch.float64)
+
+    def add(self, index: torch.Tensor, weights: torch.Tensor) -> None:
+        index, w = index.cpu(), weights.detach().double().cpu()
+        self.total.index_add_(0, index, w)
+        self.count.index_add_(0, index, torch.ones_like(index))
+        self.last[index] = w
+
+    @property
+    def recorded(self) -> bool:
+        return bool(self.count.any())
+
+    def mean(self) -> torch.Tensor:
+        return torch.where(self.count > 0, self.total / self.count.clamp_min(1), float("nan"))
+
+    def state_dict(self) -> dict:
+        return {"total": self.total, "count": self.count, "last": self.last}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.total, self.count, self.last = state["total"], state["count"], state["last"]
+
+
+def _logits_and_losses(
+    model: torch.nn.Module, state: dict, data: TaskData
+) -> tuple[torch.Tensor, torch.Tensor]:
+    model.load_state_dict(state)
+    logits = predict(model, data.train_x)
+    return logits, F.cross_entropy(logits, data.train_y.clamp_min(0), reduction="none")
+
+
+def example_table(
+    model: torch.nn.Module,
+    final: dict,
+    best: dict,
+    data: TaskData,
+    weights: ExampleWeights | None,
+) -> dict[str, np.ndarray]:
+    """The columns of examples.csv for the labelled training examples, in split order.
+    `final` and `best` are the state dicts of the final and best-on-validation models."""
+    labelled = (data.train_y >= 0).cpu()
+    _, loss_best = _logits_and_losses(model, best, data)
+    logits, loss = _logits_and_losses(model, final, data)  # the model is left at its final state
+    prob, pred = logits.softmax(1).max(1)
+    columns = {
+        "index": torch.arange(len(labelled)),
+        "row": data.train_rows if data.train_rows is not None else torch.arange(len(labelled)),
+        "label": data.train_y,
+        "pred": pred,
+        "prob": prob,
+        "loss": loss,
+        "loss_best_val": loss_best,
+        "corrupted": data.noise_mask.long(),
+    }
+    if weights is not None and weights.recorded:
+        columns["weight_mean"] = weights.mean()
+        columns["weight_last"] = weights.last
+        score = -columns["weight_mean"].nan_to_num(float("inf"))  # never weighted: last
+    else:
+        score = loss_best
+    table = {k: v.detach().cpu().numpy()[labelled.numpy()] for k, v in columns.items()}
+    names = np.asarray(data.class_names, dtype=object)  # the labels as the user gave them
+    table["label"], table["pred"] = names[table["label"]], names[table["pred"]]
+    if data.ids is not None:
+        table["id"] = np.asarray(data.ids, dtype=object)[table["row"]]
+    score = score.detach().cpu().double().numpy()[labelled.numpy()]
+    # most suspect first; ties (e.g. weights all 0) by the larger final loss, then the index
+    order = np.lexsort((table["index"], -table["loss"], -score))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    table["rank"] = rank
+    return table
+
+
+COLUMNS = ("index", "row", "id", "label", "pred", "prob", "loss", "loss_best_val",
+           "weight_mean", "weight_last", "corrupted", "rank")  # fmt: skip
+
+
+def _cell(value) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "" if np.isnan(value) else f"{value:.6g}"
+    return str(value)
+
+
+def write_examples(table: dict[str, np.ndarray], path: str | Path) -> None:
+    """examples.csv, rows in suspicion order; the columns a run has, in COLUMNS order."""
+    names = [c for c in COLUMNS if c in table]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(names)
+    for i in np.argsort(table["rank"]):
+        writer.writerow([_cell(table[c][i]) for c in names])
+    write_text(out.getvalue(), path)
+
+
+def detection(table: dict[str, np.ndarray]) -> dict | None:
+    """How well the run's ranking finds the corrupted labels (None where none was)."""
+    noisy = table["corrupted"].astype(bool)
+    if not noisy.any() or noisy.all():
+        return None
+    by_rank = noisy[np.argsort(table["rank"])]
+    score = "weight_mean" if "weight_mean" in table else "loss_best_val"
+    return {"score": score, **ranking_quality(by_rank)}
