@@ -254,6 +254,7 @@ class ExperimentSpec:
     # its ranking finds the corrupted labels (pipeline/suspects.py); 0: no such stage
     suspects: NonNegativeInt = 0
     contact_sheet: bool = False  # image data: the suspects figure shows the top suspects
+    suspects_note: str = ""  # what was measured behind the detection figures
     # the experiment's figure shows validation curves of student and teacher over epochs
     # (LGTM Figure 2) instead of test accuracy per noise setting
     curves_figure: bool = False

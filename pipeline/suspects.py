@@ -128,6 +128,8 @@ def markdown(p: Params, experiment: str, rows: pd.DataFrame) -> str:
         for noise in exp.noise:
             if noise in set(rows.noise):
                 lines += detection_table(rows, noise)
+        if exp.suspects_note:
+            lines += [exp.suspects_note, ""]
     lines += [
         f"## The top {exp.suspects} suspects of each given label (seed {seed})",
         "",
@@ -190,7 +192,8 @@ def figure(p: Params, experiment: str, rows: pd.DataFrame) -> None:
 def _contact_sheet(p, experiment, fig, grid, first_row, noise, methods) -> None:
     from pipeline.io import load_torch
 
-    prepared = load_torch(plan.prepared_path(p.experiments[experiment].dataset))["x"]
+    dataset = p.experiments[experiment].dataset
+    prepared = load_torch(plan.prepared_path(dataset), True, plan.remake_prepared(dataset))["x"]
     first = {(r.noise, r.method): r for r in plan.runs(p, experiment) if r.seed == p.seeds[0]}
     for i, method in enumerate(methods):
         run = first[noise, method]
@@ -199,7 +202,7 @@ def _contact_sheet(p, experiment, fig, grid, first_row, noise, methods) -> None:
             ax = fig.add_subplot(grid[first_row + i, j])
             image = prepared[int(r.row)]
             ax.imshow(image.permute(1, 2, 0).squeeze(2).numpy(), cmap="gray")
-            ax.set_title(f"{r.label}→{r.pred}", fontsize=7, color="red" if r.corrupted else "k")
+            ax.set_title(f"{r.label}→{r.pred}", fontsize=6, color="red" if r.corrupted else "k")
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:

@@ -3,6 +3,7 @@ write; bad files are refused with a message that names the problem."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,9 +106,10 @@ def test_an_empty_image_folder_is_refused(tmp_path):
         image_folder(DatasetSpec("image_folder", path=str(tmp_path)))
 
 
-def test_l2rw_runs_on_the_users_own_csv(workdir, tiny_raw):
-    """The README's example: a CSV with its label column, uniform noise, ERM and L2RW, through
-    the stages, from params.yaml to the table."""
+def test_l2rw_runs_on_the_users_own_csv_and_names_its_suspects(workdir, tiny_raw):
+    """The README's example: a CSV with its label column and ids, its labels as given and
+    with uniform noise, ERM and L2RW, through the stages, from params.yaml to the table and
+    the suspects (with the user's ids; detection figures only where labels were flipped)."""
     import pandas as pd
     import yaml
 
@@ -121,22 +123,32 @@ def test_l2rw_runs_on_the_users_own_csv(workdir, tiny_raw):
     )
     mine = {"source": "table", "path": "mine.csv", "id_column": "id", "test_size": 60}
     tiny_raw["datasets"]["mine"] = mine
+    tiny_raw["noise"]["as_given"] = {"kind": "none", "val_size": 30}
     tiny_raw["noise"]["noisy"] = {"kind": "uniform", "rate": 0.3, "val_size": 30}
     tiny_raw["methods"]["l2rw"] = {}
     tiny_raw["experiments"]["mine"] = {
         "dataset": "mine",
         "model": "mlp",
         "schedule": "short",
-        "noise": ["noisy"],
+        "noise": ["as_given", "noisy"],
         "methods": ["erm", "l2rw"],
+        "suspects": 3,
     }
     tiny_raw["profiles"]["default"]["experiments"] = ["mine"]
     Path("params.yaml").write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
     assert main(["prepare", "--dataset", "mine"]) == 0
-    assert main(["noise", "--dataset", "mine", "--noise", "noisy", "--seeds", "0,1"]) == 0
-    args = ["--dataset", "mine", "--model", "mlp", "--schedule", "short", "--noise", "noisy"]
-    for method in ("erm", "l2rw"):
-        assert main(["train", *args, "--method", method, "--seeds", "0,1"]) == 0
+    for noise in ("as_given", "noisy"):
+        assert main(["noise", "--dataset", "mine", "--noise", noise, "--seeds", "0,1"]) == 0
+        args = ["--dataset", "mine", "--model", "mlp", "--schedule", "short", "--noise", noise]
+        for method in ("erm", "l2rw"):
+            assert main(["train", *args, "--method", method, "--seeds", "0,1"]) == 0
     assert main(["report", "--experiment", "mine"]) == 0
     table_md = Path("results/tables/mine.md").read_text()
     assert "| erm |" in table_md and "| l2rw |" in table_md
+    assert main(["suspects", "--experiment", "mine"]) == 0
+    suspects = Path("results/tables/suspects/mine.md").read_text()
+    assert "## noisy: K = " in suspects and "## as_given: K" not in suspects
+    assert len(re.findall(r"\n\| [012] \| \d+ \| \d+ \| r\d+ \| ", suspects)) == 2 * 2 * 3 * 3
+    # a row: given label, rank, row, the user's id of that row
+    for row, key in re.findall(r"\n\| [012] \| \d+ \| (\d+) \| (r\d+) \| ", suspects):
+        assert key == ids[int(row)]
