@@ -339,14 +339,16 @@ def weights_job(p: Params, experiment: str) -> Job:
 
 def suspects_job(p: Params, experiment: str) -> Job:
     """Which training labels each method's ranking suspects, and how well it finds the
-    corrupted ones (the images of the top suspects read the prepared dataset)."""
-    exp = p.experiments[experiment]
+    corrupted ones. A contact sheet also reads the images of the prepared dataset, which is
+    not a declared input: every run's examples.csv already depends on it (through its train
+    job), and declaring it would retrain those runs in a fresh clone, where the prepared
+    data is absent and the committed examples are up to date."""
     outs = suspects_paths(experiment)
     deps = [r.file(n) for r in runs(p, experiment) for n in ("examples.csv", "metrics.json")]
     return Job(
         f"suspects-{experiment}",
         _cmd("suspects", experiment=experiment),
-        (*deps, *([prepared_path(exp.dataset)] if exp.contact_sheet else [])),
+        tuple(deps),
         outs,
         (f"experiments.{experiment}",),
         committed=outs,

@@ -6,6 +6,8 @@ over seeds, and the precision-recall curves). Reads each run's examples.csv and 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from pipeline import plan
@@ -193,7 +195,13 @@ def _contact_sheet(p, experiment, fig, grid, first_row, noise, methods) -> None:
     from pipeline.io import load_torch
 
     dataset = p.experiments[experiment].dataset
-    prepared = load_torch(plan.prepared_path(dataset), True, plan.remake_prepared(dataset))["x"]
+    path = plan.prepared_path(dataset)
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"{path}: the contact sheet shows the prepared images; run "
+            f"`python -m pipeline prepare --dataset {dataset}` first"
+        )
+    prepared = load_torch(path, True, plan.remake_prepared(dataset))["x"]
     first = {(r.noise, r.method): r for r in plan.runs(p, experiment) if r.seed == p.seeds[0]}
     for i, method in enumerate(methods):
         run = first[noise, method]

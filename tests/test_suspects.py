@@ -19,6 +19,7 @@ from pipeline.config import ParamsError, load, parse
 from pipeline.detection import ranking_quality
 from pipeline.examples import ExampleWeights
 from pipeline.io import load_torch, read_json
+from pipeline.suspects import suspects
 from pipeline.train import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,8 +150,11 @@ def test_the_suspects_stage_writes_tables_and_a_contact_sheet(prepared, tiny_raw
                                                          for s in ("0", "1")}  # fmt: skip
     assert Path(figure_path).read_bytes().startswith(b"\x89PNG")
     job = plan.suspects_job(p, "tiny")
-    assert plan.prepared_path("digits") in job.deps  # the contact sheet reads the images
     assert all(o in job.committed for o in job.outs)
+    # the images are read, not declared (a fresh clone retrains nothing): absent, it says how
+    Path(plan.prepared_path("digits")).unlink()
+    with pytest.raises(FileNotFoundError, match="python -m pipeline prepare --dataset digits"):
+        suspects(p, "tiny")
 
 
 def test_a_contact_sheet_needs_the_suspects_stage(tiny_raw):
