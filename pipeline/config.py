@@ -43,6 +43,16 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class ClusterSpec:
+    """What a cluster executor's jobs ask for (workflow/profiles/slurm). Only the Snakefile
+    reads it, so no result depends on it. None: the cluster's default (no account given)."""
+
+    partition: str | None = None
+    gpu_partition: str | None = None  # for the jobs that use a GPU; None: `partition`
+    account: str | None = None
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """Where a dataset comes from. test_size: carve a test split (sources without one)."""
 
@@ -416,6 +426,7 @@ class Params:
     profile: str
     profiles: dict[str, ProfileSpec]
     run: RunSpec
+    cluster: ClusterSpec
     datasets: dict[str, DatasetSpec]
     noise: dict[str, NoiseSpec]
     models: dict[str, ModelSpec]
@@ -446,6 +457,7 @@ SECTIONS = (
     "profile",
     "profiles",
     "run",
+    "cluster",
     "datasets",
     "noise",
     "models",
@@ -496,6 +508,7 @@ def parse(raw: dict) -> Params:
         profile=raw.get("profile", "default"),
         profiles=_section(raw, "profiles", lambda v, w: build(ProfileSpec, v, w)),
         run=build(RunSpec, raw.get("run"), "run"),
+        cluster=build(ClusterSpec, raw.get("cluster"), "cluster"),
         datasets=_section(raw, "datasets", lambda v, w: build(DatasetSpec, v, w)),
         noise=_section(raw, "noise", lambda v, w: build(NoiseSpec, v, w)),
         models=_section(raw, "models", _model),
@@ -628,6 +641,7 @@ def json_schema() -> dict:
         "profile": name,
         "profiles": section(profile),
         "run": dataclass_schema(RunSpec),
+        "cluster": dataclass_schema(ClusterSpec),
         "datasets": section(dataset),
         "noise": section(dataclass_schema(NoiseSpec)),
         "models": section(model),

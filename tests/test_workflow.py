@@ -248,6 +248,40 @@ def test_a_train_job_asks_for_a_gpu_only_where_its_run_can_use_one(workdir, devi
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["run"]["device"] = device
     Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run("snakemake", "-n", "--cores", "1", cwd=workdir).stdout
-    gpus = {line.split("gpu=")[1].strip() for line in out.splitlines() if "gpu=" in line}
-    assert gpus == {asked.split("=")[1]}
+    found = rule_resources(run("snakemake", "-n", "--cores", "1", cwd=workdir).stdout)
+    assert {job["gpu"] for job in found["train"]} == {asked.split("=")[1]}
+
+
+def rule_resources(dry_run: str) -> dict[str, list[dict[str, str]]]:
+    """Each rule's jobs' resources, from `snakemake -n` output."""
+    found: dict[str, list[dict[str, str]]] = {}
+    rule = None
+    for line in dry_run.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            pairs = line.split("resources:", 1)[1].split(", ")
+            found.setdefault(rule, []).append(dict(p.strip().split("=", 1) for p in pairs))
+    return found
+
+
+def test_cluster_requests_come_from_params_and_only_gpu_jobs_ask_for_a_gpu(workdir):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["run"]["device"] = "auto"
+    params["cluster"] = {"partition": "short", "gpu_partition": "gpu", "account": "lab"}
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    found = rule_resources(run("snakemake", "-n", "--cores", "1", cwd=workdir).stdout)
+    found.pop("all", None)  # the target rule runs nothing
+    assert set(found) >= {"prepare", "noise", "train", "report"}
+    for rule, jobs in found.items():
+        for job in jobs:
+            gpu = rule == "train"
+            assert job["slurm_partition"] == ("gpu" if gpu else "short")
+            assert job["slurm_account"] == "lab" and job["cpus_per_task"] == "1"
+            assert job.get("gpu", "0") == ("1" if gpu else "0")
+            assert int(job["mem_mb"]) <= 8000 and int(job["runtime"]) <= 720  # fit a node
+    params["cluster"] = {}
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    found = rule_resources(run("snakemake", "-n", "--cores", "1", cwd=workdir).stdout)
+    assert not any("slurm_partition" in j or "slurm_account" in j for js in found.values()
+                   for j in js)  # fmt: skip

@@ -41,8 +41,8 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import pipeline, snakemake, dvc, torchvision, transformers, onnxruntime" \
-  >/dev/null 2>&1; then
+MODULES="pipeline, snakemake, snakemake_executor_plugin_slurm, dvc, torchvision, transformers"
+if ! .venv/bin/python -c "import $MODULES, onnxruntime" >/dev/null 2>&1; then
   say "installing Python packages into .venv (torch is large: a few minutes)"
   .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 |
     grep -v "is ignored: it is neither" || true

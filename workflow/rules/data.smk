@@ -12,6 +12,8 @@ rule prepare:
         plan.benchmark_path("prepare", "{dataset}")
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **requests("prepare"),
     params:
         settings=lambda wc: settings(plan.prepare_job(P, wc.dataset)),
     shell:
@@ -29,6 +31,8 @@ rule noise:
         plan.benchmark_path("noise", "{dataset}-{noise}")
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **requests("noise"),
     params:
         settings=lambda wc: settings(plan.noise_job(P, wc.dataset, wc.noise, P.seeds)),
         seeds=SEEDS,

@@ -26,6 +26,8 @@ rule report:
         plan.benchmark_path("report", "{experiment}")
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **requests("report"),
     params:
         settings=lambda wc: settings(plan.report_job(P, wc.experiment)),
     shell:
@@ -48,6 +50,8 @@ rule weights:
         plan.benchmark_path("weights", "{experiment}")
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **requests("weights"),
     params:
         settings=lambda wc: settings(plan.weights_job(P, wc.experiment)),
     shell:
@@ -76,6 +80,8 @@ rule regions:
         plan.benchmark_path("regions", "{experiment}")
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **requests("regions"),
     params:
         settings=lambda wc: settings(plan.regions_job(P, wc.experiment)),
     shell:
@@ -105,6 +111,8 @@ rule suspects:
         plan.benchmark_path("suspects", "{experiment}")
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **requests("suspects"),
     params:
         settings=lambda wc: settings(plan.suspects_job(P, wc.experiment)),
     shell:
@@ -131,6 +139,8 @@ rule fidelity:
         plan.benchmark_path("fidelity", "all")
     conda:
         "../envs/pipeline.yaml"
+    resources:
+        **requests("fidelity"),
     params:
         settings=lambda wc: settings(plan.fidelity_job(P)),
     shell:

@@ -16,6 +16,7 @@ rule train:
         "../envs/pipeline.yaml"
     threads: P.run.threads
     resources:
+        **requests("train", GPUS),
         gpu=GPUS,
     params:
         settings=lambda wc: settings(train_job(wc)),
@@ -41,6 +42,7 @@ rule pretrain:
         "../envs/pipeline.yaml"
     threads: P.run.threads
     resources:
+        **requests("pretrain", GPUS),
         gpu=GPUS,
     params:
         settings=lambda wc: settings(
