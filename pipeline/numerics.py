@@ -103,6 +103,14 @@ def configure(threads: int) -> None:
     convolutions through im2col + GEMM (call before any CPU work)."""
     import torch
 
+    given = os.environ.get("OMP_NUM_THREADS")  # Snakemake sets it to the job's `threads`
+    if given and given != str(threads):
+        print(
+            f"note: this job was given {given} threads (OMP_NUM_THREADS) but params.yaml "
+            f"run.threads is {threads}; the job uses {threads}, which its results depend on: "
+            "change run.threads, not the engine's thread count",
+            file=sys.stderr,
+        )
     torch.set_num_threads(threads)
     if in_effect() == "portable":
         torch.backends.mkldnn.enabled = False

@@ -169,3 +169,26 @@ def test_verify_fills_in_options_added_after_a_run_was_committed(workdir):
     metrics.write_text(json.dumps(saved))
     out = stage("verify", machine=MACHINES[0])
     assert out.returncode == 1 and "momentum" in out.stdout
+
+
+def test_an_engine_thread_count_unlike_run_threads_is_named_not_followed(monkeypatch, capsys):
+    """Snakemake exports a job's `threads` as OMP_NUM_THREADS; the results depend on
+    run.threads, so a different count from the engine (e.g. --set-threads) is named, and
+    run.threads is what the job uses."""
+    import torch
+
+    from pipeline import numerics
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        numerics.configure(1)
+        assert capsys.readouterr().err == ""
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")
+        numerics.configure(1)
+        assert "given 4 threads (OMP_NUM_THREADS) but params.yaml run.threads is 1" in (
+            capsys.readouterr().err
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
