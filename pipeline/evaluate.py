@@ -8,10 +8,16 @@ import platform
 
 import torch
 
-from pipeline import numerics
+from pipeline import numerics, plan
 from pipeline.config import Params
 from pipeline.core.student import predict
-from pipeline.examples import ExampleWeights, detection, example_table, write_examples
+from pipeline.examples import (
+    ExampleWeights,
+    detection,
+    example_table,
+    write_examples,
+    write_top_images,
+)
 from pipeline.io import git_revision, load_torch, write_json
 from pipeline.models import build_model
 from pipeline.plan import Run
@@ -83,8 +89,8 @@ def settings_of(p: Params, run: Run) -> dict:
 
 
 def write_example_records(model, saved: dict, data: TaskData, run: Run, metrics: dict) -> None:
-    """examples.csv (pipeline/examples.py) and, where labels were corrupted, how well its
-    ranking finds them (metrics["detection"])."""
+    """examples.csv and suspects.npy (pipeline/examples.py) and, where labels were corrupted,
+    how well the ranking finds them (metrics["detection"])."""
     weights = None
     if saved.get("example_weights") is not None:
         weights = ExampleWeights(len(data.train_y))
@@ -92,6 +98,8 @@ def write_example_records(model, saved: dict, data: TaskData, run: Run, metrics:
     best = (saved["best_val"] or {}).get("model") or saved["model"]
     table = example_table(model, saved["model"], best, data, weights)
     write_examples(table, run.file("examples.csv"))
+    raw = load_torch(plan.prepared_path(run.dataset), True, plan.remake_prepared(run.dataset))
+    write_top_images(table, raw["x"], run.file("suspects.npy"))
     found = detection(table)
     if found is not None:
         metrics["detection"] = found

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import plan
 from pipeline.core.student import predict
 from pipeline.detection import ranking_quality
-from pipeline.io import write_text
+from pipeline.io import write_bytes, write_text
 from pipeline.task import TaskData
 
 
@@ -127,6 +128,20 @@ def write_examples(table: dict[str, np.ndarray], path: str | Path) -> None:
     for i in np.argsort(table["rank"]):
         writer.writerow([_cell(table[c][i]) for c in names])
     write_text(out.getvalue(), path)
+
+
+def write_top_images(table: dict[str, np.ndarray], raw_x: torch.Tensor, path: str | Path) -> None:
+    """suspects.npy: the images of the run's top suspects (plan.SUSPECT_IMAGES), uint8
+    [k, H, W, C] in rank order, from the prepared dataset (empty where the data are not
+    images), so that a contact sheet needs neither the prepared data nor torch."""
+    if raw_x.dtype == torch.uint8 and raw_x.dim() == 4:
+        rows = table["row"][np.argsort(table["rank"])[: plan.SUSPECT_IMAGES]]
+        images = raw_x[torch.from_numpy(rows)].permute(0, 2, 3, 1).contiguous().numpy()
+    else:
+        images = np.zeros((0,), np.uint8)
+    buffer = io.BytesIO()
+    np.save(buffer, images, allow_pickle=False)
+    write_bytes(buffer.getvalue(), path)
 
 
 def detection(table: dict[str, np.ndarray]) -> dict | None:

@@ -135,6 +135,11 @@ def write_text(text: str, path: str | Path) -> None:
         tmp.write_text(text)
 
 
+def write_bytes(data: bytes, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 

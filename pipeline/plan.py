@@ -50,7 +50,9 @@ class Run:
         return "".join(f" --{f.name} {getattr(self, f.name)}" for f in fields(self))
 
 
-RUN_OUTPUTS = ("model.pt", "history.json", "metrics.json", "examples.csv")
+RUN_OUTPUTS = ("model.pt", "history.json", "metrics.json", "examples.csv", "suspects.npy")
+PER_EXAMPLE = ("examples.csv", "suspects.npy")  # committed where a suspects stage reads them
+SUSPECT_IMAGES = 12  # the top suspects whose images a run keeps in suspects.npy
 TEACHERS = "results/teachers"
 
 
@@ -271,14 +273,16 @@ def train_job(p: Params, cell: Cell) -> Job:
         committed=tuple(
             o
             for o in cell.outputs
-            if o.endswith(".json") or (o.endswith("/examples.csv") and read_by_suspects(p, cell))
+            if o.endswith(".json")
+            or (o.rsplit("/", 1)[1] in PER_EXAMPLE and read_by_suspects(p, cell))
         ),
     )
 
 
 def read_by_suspects(p: Params, cell: Cell) -> bool:
-    """Whether a suspects stage reads this cell's examples.csv (then it is committed, as
-    the stage's other inputs are; elsewhere it is large and regenerated with the run)."""
+    """Whether a suspects stage reads this cell's examples.csv and suspects.npy (then they
+    are committed, as the stage's other inputs are; elsewhere they are regenerated with the
+    run)."""
     return any(
         exp.suspects and cell in cells(p, name) for name, exp in p.active_experiments.items()
     )
@@ -339,12 +343,11 @@ def weights_job(p: Params, experiment: str) -> Job:
 
 def suspects_job(p: Params, experiment: str) -> Job:
     """Which training labels each method's ranking suspects, and how well it finds the
-    corrupted ones. A contact sheet also reads the images of the prepared dataset, which is
-    not a declared input: every run's examples.csv already depends on it (through its train
-    job), and declaring it would retrain those runs in a fresh clone, where the prepared
-    data is absent and the committed examples are up to date."""
+    corrupted ones; a contact sheet shows the images each run kept of its top suspects
+    (suspects.npy), so the stage needs no prepared data (absent in a fresh clone)."""
     outs = suspects_paths(experiment)
-    deps = [r.file(n) for r in runs(p, experiment) for n in ("examples.csv", "metrics.json")]
+    names = ("examples.csv", "suspects.npy", "metrics.json")
+    deps = [r.file(n) for r in runs(p, experiment) for n in names]
     return Job(
         f"suspects-{experiment}",
         _cmd("suspects", experiment=experiment),

@@ -1,13 +1,12 @@
 """The suspects stage: which training labels each method's ranking suspects, and, where the
 noise stage corrupted labels, how well it finds them (a table per noise setting, mean ± 95% CI
 over seeds, and the precision-recall curves). Reads each run's examples.csv and metrics.json
-(pipeline/examples.py); torch only for the images of a contact sheet.
+(pipeline/examples.py), and for a contact sheet the images each run kept (suspects.npy).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import numpy as np
 import pandas as pd
 
 from pipeline import plan
@@ -21,7 +20,6 @@ FIGURES = {  # the detection columns of the table: (metrics key, heading)
     "precision_at_k": "precision@K (= recall@K)",
     "recall_at_twice": "recall@2K",
 }
-SHEET_COLUMNS = 12  # images per method in the contact sheet
 
 
 def ranked_by(found: dict) -> str:
@@ -171,10 +169,10 @@ def figure(p: Params, experiment: str, rows: pd.DataFrame) -> None:
     noises = [n for n in exp.noise if not rows.empty and n in set(rows.noise)]
     sheet_rows = len(exp.methods) if exp.contact_sheet else 0
     curve_rows = 1 if noises else 0
-    width = max(4.5 * len(noises), 1.1 * SHEET_COLUMNS if sheet_rows else 0)
+    width = max(4.5 * len(noises), 1.1 * plan.SUSPECT_IMAGES if sheet_rows else 0)
     heights = [4.0] * curve_rows + [1.3] * sheet_rows
     fig = plt.figure(figsize=(width, sum(heights)))
-    span = SHEET_COLUMNS if sheet_rows else 1  # grid columns per curve panel
+    span = plan.SUSPECT_IMAGES if sheet_rows else 1  # grid columns per curve panel
     grid = fig.add_gridspec(len(heights), max(len(noises), 1) * span, height_ratios=heights)
     for i, noise in enumerate(noises):
         ax = fig.add_subplot(grid[0, i * span : (i + 1) * span])
@@ -192,24 +190,16 @@ def figure(p: Params, experiment: str, rows: pd.DataFrame) -> None:
 
 
 def _contact_sheet(p, experiment, fig, grid, first_row, noise, methods) -> None:
-    from pipeline.io import load_torch
-
-    dataset = p.experiments[experiment].dataset
-    path = plan.prepared_path(dataset)
-    if not Path(path).exists():
-        raise FileNotFoundError(
-            f"{path}: the contact sheet shows the prepared images; run "
-            f"`python -m pipeline prepare --dataset {dataset}` first"
-        )
-    prepared = load_torch(path, True, plan.remake_prepared(dataset))["x"]
     first = {(r.noise, r.method): r for r in plan.runs(p, experiment) if r.seed == p.seeds[0]}
     for i, method in enumerate(methods):
         run = first[noise, method]
-        top = read_examples(run).sort_values("rank").head(SHEET_COLUMNS)
-        for j, (_, r) in enumerate(top.iterrows()):
+        images = np.load(run.file("suspects.npy"), allow_pickle=False)  # in rank order
+        if images.ndim != 4:
+            raise ValueError(f"{run.file('suspects.npy')}: no images (contact_sheet is for images)")
+        top = read_examples(run).sort_values("rank").head(len(images))
+        for j, ((_, r), image) in enumerate(zip(top.iterrows(), images, strict=True)):
             ax = fig.add_subplot(grid[first_row + i, j])
-            image = prepared[int(r.row)]
-            ax.imshow(image.permute(1, 2, 0).squeeze(2).numpy(), cmap="gray")
+            ax.imshow(image.squeeze(2) if image.shape[2] == 1 else image, cmap="gray")
             ax.set_title(f"{r.label}→{r.pred}", fontsize=6, color="red" if r.corrupted else "k")
             ax.set_xticks([])
             ax.set_yticks([])

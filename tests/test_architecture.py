@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
 from conftest import REPO
 
+from pipeline import plan
 from pipeline.__main__ import main
 
 PACKAGE = REPO / "pipeline"
@@ -105,16 +107,21 @@ def test_every_method_has_its_settings_registered_once():
     assert all(METHODS[name].Settings is SETTINGS[name] for name in METHODS)
 
 
-def test_report_and_check_run_without_torch(workdir):
+def test_report_suspects_and_check_run_without_torch(workdir):
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["experiments"]["tiny"].update({"suspects": 2, "contact_sheet": True})
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     assert main(["prepare", "--dataset", "digits"]) == 0
     for noise in ("clean", "uniform40"):
         assert main(["noise", "--dataset", "digits", "--noise", noise, "--seeds", "0,1"]) == 0
     for noise in ("clean", "uniform40"):
         args = ["--dataset", "digits", "--model", "mlp", "--schedule", "short", "--method", "erm"]
         assert main(["train", *args, "--noise", noise, "--seeds", "0,1"]) == 0
-    for stage in (["report", "--experiment", "tiny"], ["check"]):
+    stages = (["report", "--experiment", "tiny"], ["suspects", "--experiment", "tiny"], ["check"])
+    for stage in stages:
         out = subprocess.run(
             [sys.executable, "-c", WITHOUT_TORCH, *stage], capture_output=True, text=True
         )
         assert out.returncode == 0, out.stderr[-2000:]
     assert Path("results/tables/tiny.md").exists()
+    assert Path(plan.suspects_paths("tiny")[2]).exists()  # the contact sheet too

@@ -151,10 +151,18 @@ def test_the_suspects_stage_writes_tables_and_a_contact_sheet(prepared, tiny_raw
     assert Path(figure_path).read_bytes().startswith(b"\x89PNG")
     job = plan.suspects_job(p, "tiny")
     assert all(o in job.committed for o in job.outs)
-    # the images are read, not declared (a fresh clone retrains nothing): absent, it says how
+    run = dataclasses.replace(RUN, seed=0)
+    assert run.file("suspects.npy") in job.deps and plan.prepared_path("digits") not in job.deps
+    images, rows = np.load(run.file("suspects.npy")), read_rows(run)
+    raw = load_torch(plan.prepared_path("digits"), checksum=True)["x"]
+    assert images.shape == (12, 8, 8, 1)  # the top 12 suspects, in rank order
+    assert all((images[i, :, :, 0] == raw[int(r["row"]), 0].numpy()).all() for i, r in
+               enumerate(rows[:12]))  # fmt: skip
+    # the stage reads no prepared data (absent in a fresh clone)
     Path(plan.prepared_path("digits")).unlink()
-    with pytest.raises(FileNotFoundError, match="python -m pipeline prepare --dataset digits"):
-        suspects(p, "tiny")
+    before = Path(figure_path).read_bytes()
+    suspects(p, "tiny")
+    assert Path(figure_path).read_bytes() == before
 
 
 def test_a_contact_sheet_needs_the_suspects_stage(tiny_raw):
