@@ -24,6 +24,8 @@ rule report:
         plan.log_path("report", "{experiment}"),
     benchmark:
         plan.benchmark_path("report", "{experiment}")
+    wildcard_constraints:
+        experiment=r"(?!fidelity\b)[A-Za-z][A-Za-z0-9_-]*",  # fidelity.md: the fidelity rule
     conda:
         "../envs/pipeline.yaml"
     resources:
@@ -117,10 +119,6 @@ rule suspects:
         settings=lambda wc: settings(plan.suspects_job(P, wc.experiment)),
     shell:
         "python -m pipeline suspects --experiment {wildcards.experiment}"
-
-
-# fidelity.md would also match the report rule's pattern
-ruleorder: fidelity > report
 
 
 rule fidelity:
