@@ -14,15 +14,16 @@ reverse: reverse mode through many steps. DIR's teacher update (Algorithm 1) aga
     theta_t (`stored`, segments of 1): time and peak memory; DIR's must not grow with B, DLF's
     segments grow like sqrt(T). Writes results/bench/reverse_<device>.csv.
 
-Each measurement runs in a fresh process so that peak memory is its own: CUDA's
-max_memory_allocated on a GPU, the growth of the peak resident set on a CPU. The steps and
-distill suites measure in rounds, interleaved (ERM, then every method, then again), and take
-each ratio to ERM within its round, so that load that comes and goes on a shared machine falls
-on all methods alike; a row gives the median over rounds and the interquartile range of its
-ratio, with a warning where that spread exceeds 10% of the ratio; each measurement runs on one
-thread. `--quick`: the CPU case mlp:100 alone, 100 steps a measurement, in 3 rounds (under 2
-minutes). Needs torch only (no workflow engine), so it runs on a bare GPU machine with
-PYTHONPATH=.
+Peak memory is measured with each method alone in a fresh process, so that it is its own:
+CUDA's max_memory_allocated on a GPU, the growth of the peak resident set on a CPU. Time: the
+steps and distill suites set up every method in one process and time them in rounds,
+interleaved (ERM, then every method, then again), each timing the fastest of 5 windows of its
+steps, and take each ratio to ERM within its round, so that load that comes and goes on a
+shared machine, and the process's own layout, fall on all methods alike; a row gives the
+median over rounds and the interquartile range of its ratio, with a warning where that spread
+exceeds 10% of the ratio; everything runs on one thread. `--quick`: the CPU case mlp:100
+alone, 100 steps a timing, 7 rounds (under 2 minutes). Needs torch only (no workflow
+engine), so it runs on a bare GPU machine with PYTHONPATH=.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ REVERSE = [("dir", b) for b in BACKS] + [
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
 QUICK_CASES = {"cpu": "mlp:100", "cuda": "resnet32:512"}
 QUICK_STEPS = 100  # at least, per measurement: a window of 20 short steps is mostly noise
-ROUNDS = 3  # measurements of each method, interleaved
+ROUNDS = 5  # timings of each method, interleaved in one process
+QUICK_ROUNDS = 7
 SPREAD_WARNING = 0.10  # interquartile range of a ratio, relative to the ratio
 DISTILL_CASES = {"cpu": "minilm_l3:16", "cuda": "minilm_l3:32"}
 
@@ -137,25 +139,60 @@ def _peak(dev: torch.device, base: float) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
 
 
+WINDOWS = 5  # a measurement's steps are timed in this many windows; the fastest one counts
+
+
+def _fastest_step(one_step, first: int, steps: int, dev: torch.device) -> float:
+    """Seconds per step of `steps` steps from step number `first`, timed in WINDOWS windows:
+    the fastest window counts, as what other processes take from a window only adds time."""
+    per_window = max(steps // WINDOWS, 1)
+    fastest, done = float("inf"), 0
+    while done < steps:
+        count = min(per_window, steps - done)
+        start = time.perf_counter()
+        for i in range(count):
+            one_step(first + done + i)
+        _sync(dev)
+        fastest = min(fastest, (time.perf_counter() - start) / count)
+        done += count
+    return fastest
+
+
 def measure(model_name: str, batch: int, variant: str, steps: int, device: str) -> dict:
-    """Mean time per step and peak memory of one method, in this process."""
+    """Time per step and peak memory of one method, alone in this process."""
     kind, settings = {**VARIANTS, **DISTILL_VARIANTS}[variant]
     method, one_step, dev = _setup(model_name, batch, kind, settings, steps, device)
     one_step(0)  # warm-up: allocator, kernels, momentum buffers
     base = _reset_peak(dev)
-    start = time.perf_counter()
-    for i in range(steps):
-        one_step(i + 1)
-    _sync(dev)
-    seconds = time.perf_counter() - start
+    seconds = _fastest_step(one_step, 1, steps, dev)
     return {
         "device": dev.type,
         "model": model_name,
         "batch": batch,
         "method": variant,
-        "ms_per_step": 1000 * seconds / steps,
+        "ms_per_step": 1000 * seconds,
         "peak_mb": _peak(dev, base),
     }
+
+
+def measure_times(
+    model_name: str, batch: int, variants: list[str], steps: int, device: str, rounds: int
+) -> dict[str, list[float]]:
+    """Milliseconds per step of every variant in each of `rounds` rounds, all in this process
+    and interleaved (ERM, then each method, then again), so that a round's ratios to ERM
+    share the process's memory layout and the machine's load of that moment."""
+    setups = {}
+    for variant in variants:
+        kind, settings = {**VARIANTS, **DISTILL_VARIANTS}[variant]
+        _, one_step, dev = _setup(model_name, batch, kind, settings, steps * rounds, device)
+        one_step(0)  # warm-up
+        setups[variant] = one_step
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(rounds):
+        for variant, one_step in setups.items():
+            seconds = _fastest_step(one_step, 1 + r * steps, steps, dev)
+            times[variant].append(1000 * seconds)
+    return times
 
 
 def measure_reverse(model_name: str, batch: int, method: str, steps: int, device: str) -> dict:
@@ -213,28 +250,26 @@ def median_iqr(values: list[float]) -> tuple[float, float]:
 
 
 def timed_rows(suite, model_name, batch, variants, steps, device, rounds) -> list[dict]:
-    """Every variant `rounds` times, interleaved; times and ratios to the same round's ERM."""
-    samples: dict[str, list[dict]] = {v: [] for v in variants}
-    for _ in range(rounds):
-        for variant in variants:
-            args = (suite, model_name, batch, variant, str(steps), device)
-            samples[variant].append(_in_fresh_process(*args))
+    """Every variant's time in `rounds` interleaved rounds of one process (ratios to the
+    same round's ERM), and its peak memory alone in a fresh process."""
+    assert next(iter(variants)) == "erm"  # the first row is the reference
+    args = (model_name, batch, ",".join(variants), str(steps), device, str(rounds))
+    times = _in_fresh_process("times", *args)
     rows = []
-    for variant, runs in samples.items():
-        erm = samples["erm"]
+    for variant in variants:
+        alone = _in_fresh_process(suite, model_name, batch, variant, str(steps), device)
+        erm_alone = alone if variant == "erm" else rows[0]
         ratio, spread = median_iqr(
-            [r["ms_per_step"] / e["ms_per_step"] for r, e in zip(runs, erm, strict=True)]
+            [t / e for t, e in zip(times[variant], times["erm"], strict=True)]
         )
-        memory, _ = median_iqr(
-            [r["peak_mb"] / max(e["peak_mb"], 1e-9) for r, e in zip(runs, erm, strict=True)]
-        )
+        memory = alone["peak_mb"] / max(erm_alone["peak_mb"], 1e-9)
         row = {
-            "device": runs[0]["device"],
+            "device": alone["device"],
             "model": model_name,
             "batch": int(batch),
             "method": variant,
-            "ms_per_step": statistics.median(r["ms_per_step"] for r in runs),
-            "peak_mb": statistics.median(r["peak_mb"] for r in runs),
+            "ms_per_step": statistics.median(times[variant]),
+            "peak_mb": alone["peak_mb"],
             "time_vs_erm": ratio,
             "time_vs_erm_iqr": spread,
             "memory_vs_erm": memory,
@@ -270,6 +305,7 @@ def run(
     rows = []
     defaults = QUICK_CASES if quick else DISTILL_CASES if suite == "distill" else DEFAULT_CASES
     steps = max(steps, QUICK_STEPS) if quick else steps
+    rounds = max(rounds, QUICK_ROUNDS) if quick else rounds
     for case in (cases or defaults[device]).split(","):
         model_name, batch = case.split(":")
         if model_name not in MODELS:
@@ -327,8 +363,13 @@ def write_outputs(rows: list[dict], out_dir: Path, suite: str, device: str) -> N
 
 
 if __name__ == "__main__":  # one measurement, in its own process (see `run`)
-    suite, name, batch, item, steps, device = sys.argv[1:]
     torch.set_num_threads(1)  # one core per measurement: threads fighting for cores add noise
+    if sys.argv[1] == "times":
+        name, batch, items, steps, device, rounds = sys.argv[2:]
+        found = measure_times(name, int(batch), items.split(","), int(steps), device, int(rounds))
+        print(json.dumps(found))
+        sys.exit()
+    suite, name, batch, item, steps, device = sys.argv[1:]
     if suite in SUITE_VARIANTS:
         print(json.dumps(measure(name, int(batch), item, int(steps), device)))
     else:

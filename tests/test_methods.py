@@ -232,6 +232,22 @@ def test_bench_writes_relative_figures(tmp_path):
     assert len(csv) == 1 + len(VARIANTS) and (tmp_path / "steps_cpu.png").exists()
 
 
+def test_a_timing_counts_its_fastest_window():
+    """Load that lands on one window (here: the first two steps are slow) is not counted."""
+    import time
+
+    from pipeline.bench import WINDOWS, _fastest_step
+
+    seen = []
+
+    def one_step(i):
+        seen.append(i)
+        time.sleep(0.05 if i < 3 else 0.001)
+
+    seconds = _fastest_step(one_step, 1, 2 * WINDOWS, torch.device("cpu"))
+    assert seen == list(range(1, 2 * WINDOWS + 1)) and seconds < 0.01
+
+
 def test_median_and_interquartile_range():
     from pipeline.bench import median_iqr
 
