@@ -80,7 +80,7 @@ REVERSE = [("dir", b) for b in BACKS] + [
 ]
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
 QUICK_CASES = {"cpu": "mlp:100", "cuda": "resnet32:512"}
-QUICK_STEPS = 100  # at least, per measurement: a window of 20 short steps is mostly noise
+QUICK_STEPS = 100  # at least, per timing: 5 windows of 20 steps
 ROUNDS = 5  # timings of each method, interleaved in one process
 QUICK_ROUNDS = 7
 SPREAD_WARNING = 0.10  # interquartile range of a ratio, relative to the ratio
@@ -139,13 +139,14 @@ def _peak(dev: torch.device, base: float) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
 
 
-WINDOWS = 5  # a measurement's steps are timed in this many windows; the fastest one counts
+WINDOWS = 5  # a measurement's steps are timed in up to this many windows; the fastest counts
+MIN_WINDOW = 20  # steps: a window holds a whole period of every method (DIR: K = 20)
 
 
 def _fastest_step(one_step, first: int, steps: int, dev: torch.device) -> float:
     """Seconds per step of `steps` steps from step number `first`, timed in WINDOWS windows:
     the fastest window counts, as what other processes take from a window only adds time."""
-    per_window = max(steps // WINDOWS, 1)
+    per_window = max(steps // WINDOWS, MIN_WINDOW)
     fastest, done = float("inf"), 0
     while done < steps:
         count = min(per_window, steps - done)
@@ -258,11 +259,11 @@ def timed_rows(suite, model_name, batch, variants, steps, device, rounds) -> lis
     rows = []
     for variant in variants:
         alone = _in_fresh_process(suite, model_name, batch, variant, str(steps), device)
-        erm_alone = alone if variant == "erm" else rows[0]
+        erm_peak = alone["peak_mb"] if variant == "erm" else rows[0]["peak_mb"]
         ratio, spread = median_iqr(
             [t / e for t, e in zip(times[variant], times["erm"], strict=True)]
         )
-        memory = alone["peak_mb"] / max(erm_alone["peak_mb"], 1e-9)
+        memory = alone["peak_mb"] / max(erm_peak, 1e-9)
         row = {
             "device": alone["device"],
             "model": model_name,

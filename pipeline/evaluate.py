@@ -98,8 +98,11 @@ def write_example_records(model, saved: dict, data: TaskData, run: Run, metrics:
     best = (saved["best_val"] or {}).get("model") or saved["model"]
     table = example_table(model, saved["model"], best, data, weights)
     write_examples(table, run.file("examples.csv"))
-    raw = load_torch(plan.prepared_path(run.dataset), True, plan.remake_prepared(run.dataset))
-    write_top_images(table, raw["x"], run.file("suspects.npy"))
+    images = None
+    if data.train_x.dim() == 4 and data.train_rows is not None:  # the raw pixels, not the
+        path = plan.prepared_path(run.dataset)  # normalised ones the task holds
+        images = load_torch(path, True, plan.remake_prepared(run.dataset))["x"]
+    write_top_images(table, images, run.file("suspects.npy"))
     found = detection(table)
     if found is not None:
         metrics["detection"] = found

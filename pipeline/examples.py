@@ -8,8 +8,10 @@ the mean and last weight the teacher gave it, whether the noise stage corrupted 
 its suspicion rank (1: most likely mislabelled). The rank comes from the mean weight where the
 method weighted examples (lowest first), otherwise from the loss under the best-on-validation
 model (largest first: the common small-loss criterion, at the epoch chosen on the clean
-validation split, before a baseline has memorised the noise). Where labels were corrupted, how
-well the ranking finds them goes into metrics.json (pipeline/detection.py).
+validation split, before a baseline has memorised the noise; after fine-tuning, which has no
+such epoch, the final model's). Equal scores (e.g. many weights of exactly 0) are ordered by
+the larger final loss. Where labels were corrupted, how well the ranking finds them goes into
+metrics.json (pipeline/detection.py).
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ from pipeline.task import TaskData
 
 
 class ExampleWeights:
-    """Running sum, count and last value of each training example's weight (times the batch
-    size: 1 is uniform), indexed by its position in the training split."""
+    """Running sum, count and last value of each training example's weight (on the method's
+    scale: a batch-normalised weight times the batch size, so 1 is uniform, or MW-Net's
+    sigmoid), indexed by its position in the training split; kept on the training device, so
+    recording costs no host synchronisation."""
 
-    def __init__(self, size: int):
-        self.total = torch.zeros(size, dtype=torch.float64)
-        self.count = torch.zeros(size, dtype=torch.int64)
-        self.last = torch.full((size,), float("nan"), dtype=torch.float64)
+    def __init__(self, size: int, device: str | torch.device = "cpu"):
+        self.total = torch.zeros(size, dtype=torch.float64, device=device)
+        self.count = torch.zeros(size, dtype=torch.int64, device=device)
+        self.last = torch.full((size,), float("nan"), dtype=torch.float64, device=device)
 
     def add(self, index: torch.Tensor, weights: torch.Tensor) -> None:
-        index, w = index.cpu(), weights.detach().double().cpu()
+        index, w = index.to(self.total.device), weights.detach().double().to(self.total.device)
         self.total.index_add_(0, index, w)
         self.count.index_add_(0, index, torch.ones_like(index))
         self.last[index] = w
@@ -52,10 +56,13 @@ class ExampleWeights:
         return torch.where(self.count > 0, self.total / self.count.clamp_min(1), float("nan"))
 
     def state_dict(self) -> dict:
-        return {"total": self.total, "count": self.count, "last": self.last}
+        return {"total": self.total.cpu(), "count": self.count.cpu(), "last": self.last.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.total, self.count, self.last = state["total"], state["count"], state["last"]
+        device = self.total.device
+        self.total, self.count, self.last = (
+            state[k].to(device) for k in ("total", "count", "last")
+        )
 
 
 def _logits_and_losses(
@@ -130,11 +137,13 @@ def write_examples(table: dict[str, np.ndarray], path: str | Path) -> None:
     write_text(out.getvalue(), path)
 
 
-def write_top_images(table: dict[str, np.ndarray], raw_x: torch.Tensor, path: str | Path) -> None:
+def write_top_images(
+    table: dict[str, np.ndarray], raw_x: torch.Tensor | None, path: str | Path
+) -> None:
     """suspects.npy: the images of the run's top suspects (plan.SUSPECT_IMAGES), uint8
     [k, H, W, C] in rank order, from the prepared dataset (empty where the data are not
     images), so that a contact sheet needs neither the prepared data nor torch."""
-    if raw_x.dtype == torch.uint8 and raw_x.dim() == 4:
+    if raw_x is not None and raw_x.dtype == torch.uint8 and raw_x.dim() == 4:
         rows = table["row"][np.argsort(table["rank"])[: plan.SUSPECT_IMAGES]]
         images = raw_x[torch.from_numpy(rows)].permute(0, 2, 3, 1).contiguous().numpy()
     else:

@@ -73,7 +73,8 @@ def read_examples(run: plan.Run) -> pd.DataFrame:
 
 
 def top_per_class(examples: pd.DataFrame, k: int) -> pd.DataFrame:
-    """The k most suspect examples of each given label, classes in label order."""
+    """The k most suspect examples of each given label; labels sorted as numbers where they
+    are numbers, else by name."""
     ranked = examples.sort_values("rank")
     return (
         ranked.groupby("label", sort=True, group_keys=False)
@@ -147,11 +148,12 @@ def markdown(p: Params, experiment: str, rows: pd.DataFrame) -> str:
 
 def mean_curve(p: Params, experiment: str, noise: str, method: str) -> tuple[list, list]:
     """Precision against recall, averaged over seeds at each depth of the ranking."""
-    curves = [
-        read_json(r.file("metrics.json"))["detection"]["curve"]
+    found = [
+        read_json(r.file("metrics.json")).get("detection")
         for r in plan.runs(p, experiment)
         if r.noise == noise and r.method == method
     ]
+    curves = [f["curve"] for f in found if f]  # a seed may realise no corrupted label
     mean = lambda key: [sum(c[key][i] for c in curves) / len(curves)  # noqa: E731
                         for i in range(len(curves[0][key]))]  # fmt: skip
     return mean("recall"), mean("precision")
@@ -171,6 +173,12 @@ def figure(p: Params, experiment: str, rows: pd.DataFrame) -> None:
     curve_rows = 1 if noises else 0
     width = max(4.5 * len(noises), 1.1 * plan.SUSPECT_IMAGES if sheet_rows else 0)
     heights = [4.0] * curve_rows + [1.3] * sheet_rows
+    if not heights:  # no label was corrupted and no contact sheet was asked for
+        fig, ax = plt.subplots(figsize=(4.5, 1.2))
+        ax.text(0.5, 0.5, "no corrupted labels: nothing to detect", ha="center", va="center")
+        ax.set_axis_off()
+        save_figure(fig, plan.suspects_paths(experiment)[2])
+        return
     fig = plt.figure(figsize=(width, sum(heights)))
     span = plan.SUSPECT_IMAGES if sheet_rows else 1  # grid columns per curve panel
     grid = fig.add_gridspec(len(heights), max(len(noises), 1) * span, height_ratios=heights)

@@ -220,7 +220,7 @@ def train(
         schedule,
         generator("method", seed),
         pretrained,
-        ExampleWeights(len(data.train_y)),
+        ExampleWeights(len(data.train_y), device),
     )
     teacher = method_cls(p.methods[run.method], ctx)
 

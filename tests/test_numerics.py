@@ -192,3 +192,17 @@ def test_an_engine_thread_count_unlike_run_threads_is_named_not_followed(monkeyp
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_verify_leaves_out_only_what_the_committed_run_predates():
+    """A committed metrics.json made before the detection figures existed is compared without
+    them; where it has them, they are compared."""
+    from pipeline.verify import differences, with_later_records
+
+    new = {"test": {"accuracy": 90.0}, "detection": {"auc": 0.9}}
+    assert list(differences(with_later_records(new, {"test": {"accuracy": 90.0}}),
+                            {"test": {"accuracy": 90.0}}, exact=True)) == []  # fmt: skip
+    old = {"test": {"accuracy": 90.0}, "detection": {"auc": 0.8}}
+    assert list(differences(with_later_records(new, old), old, exact=True)) == [
+        "detection.auc: 0.9 vs 0.8"
+    ]

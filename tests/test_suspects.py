@@ -165,6 +165,24 @@ def test_the_suspects_stage_writes_tables_and_a_contact_sheet(prepared, tiny_raw
     assert Path(figure_path).read_bytes() == before
 
 
+def test_labels_as_given_get_suspects_but_no_detection(prepared):
+    """The README's own-data example: no label corrupted, so no detection table or curve;
+    the suspects and a figure that says there is nothing to detect."""
+    assert main(["noise", "--dataset", "digits", "--noise", "clean", "--seeds", "0,1"]) == 0
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["experiments"]["tiny"].update({"noise": ["clean"], "methods": ["l2rw"], "suspects": 1})
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    p = load("params.yaml")
+    for seed in (0, 1):
+        train(p, dataclasses.replace(RUN, noise="clean", seed=seed))
+    assert "detection" not in read_json(RUN.file("metrics.json").replace("uniform40", "clean"))
+    assert main(["suspects", "--experiment", "tiny"]) == 0
+    md_path, _, figure_path = plan.suspects_paths("tiny")
+    md = Path(md_path).read_text()
+    assert "ROC AUC" not in md and "### l2rw" in md
+    assert Path(figure_path).read_bytes().startswith(b"\x89PNG")
+
+
 def test_a_contact_sheet_needs_the_suspects_stage(tiny_raw):
     tiny_raw["experiments"]["tiny"]["contact_sheet"] = True
     with pytest.raises(ParamsError, match="experiments.tiny.contact_sheet: only with suspects"):
@@ -174,7 +192,7 @@ def test_a_contact_sheet_needs_the_suspects_stage(tiny_raw):
 def test_the_examples_a_suspects_stage_reads_are_committed_and_no_others():
     p = load(REPO / "params.yaml")
     outputs = [(o, o in j.committed) for j in plan.jobs(p) for o in j.outs]
-    examples = [(o, kept) for o, kept in outputs if o.endswith("/examples.csv")]
+    examples = [(o, kept) for o, kept in outputs if o.endswith(("/examples.csv", "/suspects.npy"))]
     assert any(kept for _, kept in examples) and not all(kept for _, kept in examples)
     paths = [o for o, _ in examples]
     ignored = subprocess.run(
@@ -187,11 +205,12 @@ def test_the_examples_a_suspects_stage_reads_are_committed_and_no_others():
     assert {o for o, kept in examples if not kept} == set(ignored)
 
 
-def test_breast_cancer_goes_through_the_table_source_from_a_csv(tmp_path):
+def test_breast_cancer_goes_through_the_table_source_from_a_csv(tmp_path, monkeypatch):
     from pipeline.config import DatasetSpec
-    from pipeline.data.sources import sklearn_breast_cancer
+    from pipeline.data import sources
 
     path = tmp_path / "breast_cancer.csv"
-    data = sklearn_breast_cancer(DatasetSpec("sklearn_breast_cancer", path=str(path)))
+    monkeypatch.setattr(sources, "BREAST_CANCER_CSV", str(path))
+    data = sources.sklearn_breast_cancer(DatasetSpec("sklearn_breast_cancer"))
     assert path.read_text().startswith("id,mean radius,") and data.x.shape == (569, 30)
     assert data.classes == ["malignant", "benign"] and data.ids[:2] == ["wdbc-000", "wdbc-001"]

@@ -119,7 +119,7 @@ def sklearn_digits(spec: DatasetSpec) -> RawDataset:
     )
 
 
-BREAST_CANCER_CSV = "results/data/external/breast_cancer.csv"
+BREAST_CANCER_CSV = "results/data/tables/breast_cancer.csv"  # written, never read as an input
 
 
 def sklearn_breast_cancer(spec: DatasetSpec) -> RawDataset:
@@ -135,7 +135,7 @@ def sklearn_breast_cancer(spec: DatasetSpec) -> RawDataset:
 
     frame = load_breast_cancer(as_frame=True).frame.rename(columns={"target": "diagnosis"})
     frame.insert(0, "id", [f"wdbc-{i:03d}" for i in range(len(frame))])
-    path = spec.path or BREAST_CANCER_CSV
+    path = BREAST_CANCER_CSV
     write_text(frame.to_csv(index=False, lineterminator="\n"), path)
     data = table(dataclasses.replace(spec, path=path, label="diagnosis", id_column="id"))
     data.classes = ["malignant", "benign"]

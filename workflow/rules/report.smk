@@ -25,7 +25,7 @@ rule report:
     benchmark:
         plan.benchmark_path("report", "{experiment}")
     wildcard_constraints:
-        experiment=r"(?!fidelity\b)[A-Za-z][A-Za-z0-9_-]*",  # fidelity.md: the fidelity rule
+        experiment=r"(?!fidelity\.)[A-Za-z][A-Za-z0-9_-]*",  # fidelity.md: the fidelity rule
     conda:
         "../envs/pipeline.yaml"
     resources:
