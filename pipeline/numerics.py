@@ -98,13 +98,17 @@ def pick_device(requested: str):
     return torch.device(requested)
 
 
+_NAMED: set[str] = set()  # engine thread counts already named in this process
+
+
 def configure(threads: int) -> None:
     """The torch side of the CPU numerics: the thread count, and in portable mode
     convolutions through im2col + GEMM (call before any CPU work)."""
     import torch
 
     given = os.environ.get("OMP_NUM_THREADS")  # Snakemake sets it to the job's `threads`
-    if given and given != str(threads):
+    if given and given != str(threads) and given not in _NAMED:
+        _NAMED.add(given)  # once per process
         print(
             f"note: this job was given {given} threads (OMP_NUM_THREADS) but params.yaml "
             f"run.threads is {threads}; the job uses {threads}, which its results depend on: "
