@@ -330,31 +330,28 @@ def report_job(p: Params, experiment: str) -> Job:
 
 def weights_job(p: Params, experiment: str) -> Job:
     """The distribution of the example weights of clean and corrupted examples."""
-    out = weights_figure_path(experiment)
-    return Job(
-        f"weights-{experiment}",
-        _cmd("weights", experiment=experiment),
-        tuple(r.file("metrics.json") for r in runs(p, experiment)),
-        (out,),
-        (f"experiments.{experiment}",),
-        committed=(out,),
-    )
+    outs = (weights_figure_path(experiment),)
+    return _reading_runs(p, "weights", experiment, ("metrics.json",), outs)
 
 
 def suspects_job(p: Params, experiment: str) -> Job:
     """Which training labels each method's ranking suspects, and how well it finds the
     corrupted ones; a contact sheet shows the images each run kept of its top suspects
     (suspects.npy), so the stage needs no prepared data (absent in a fresh clone)."""
-    outs = suspects_paths(experiment)
     names = ("examples.csv", "suspects.npy", "metrics.json")
-    deps = [r.file(n) for r in runs(p, experiment) for n in names]
+    return _reading_runs(p, "suspects", experiment, names, suspects_paths(experiment))
+
+
+def _reading_runs(p: Params, stage: str, experiment: str, names, outs) -> Job:
+    """A stage of one experiment that reads the files `names` of each of its runs and writes
+    committed figures or tables."""
     return Job(
-        f"suspects-{experiment}",
-        _cmd("suspects", experiment=experiment),
-        tuple(deps),
-        outs,
+        f"{stage}-{experiment}",
+        _cmd(stage, experiment=experiment),
+        tuple(r.file(n) for r in runs(p, experiment) for n in names),
+        tuple(outs),
         (f"experiments.{experiment}",),
-        committed=outs,
+        committed=tuple(outs),
     )
 
 
@@ -379,16 +376,8 @@ def regions_figure_paths(experiment: str) -> list[str]:
 def regions_job(p: Params, experiment: str) -> Job:
     """Two-dimensional data: each method's decision regions, and the cosine of its training
     and validation gradients over training (MPL Figures 1 and 8)."""
-    outs = tuple(regions_figure_paths(experiment))
-    deps = [r.file(n) for r in runs(p, experiment) for n in ("model.pt", "metrics.json")]
-    return Job(
-        f"regions-{experiment}",
-        _cmd("regions", experiment=experiment),
-        tuple(deps),
-        outs,
-        (f"experiments.{experiment}",),
-        committed=outs,
-    )
+    names = ("model.pt", "metrics.json")
+    return _reading_runs(p, "regions", experiment, names, regions_figure_paths(experiment))
 
 
 def cells(p: Params, experiment: str) -> list[Cell]:
