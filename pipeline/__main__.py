@@ -18,12 +18,20 @@ from pipeline.io import CorruptFile
 
 
 def cmd_check(p, args) -> None:
-    """Check params.yaml and that dvc.yaml matches it; --record: write a fixed line there."""
+    """Check params.yaml and that dvc.yaml (and .gitignore's generated block) match it;
+    --record: write a fixed line there."""
     from pipeline.io import write_text
 
     stale = Path("dvc.yaml").exists() and Path("dvc.yaml").read_text() != plan.dvc_yaml(p)
     if stale:
         raise ParamsError("dvc.yaml does not match params.yaml: run `python -m pipeline dvc-yaml`")
+    ignore = Path(plan.GITIGNORE)
+    text = ignore.read_text() if ignore.exists() else None
+    if text is not None and plan.with_gitignore_block(text, plan.gitignore_block(p)) != text:
+        raise ParamsError(
+            ".gitignore does not keep the files the suspects stages read: run "
+            "`python -m pipeline dvc-yaml`"
+        )
     if args.record:
         write_text("params.yaml passed `python -m pipeline check`\n", args.record)
     print(f"params.yaml is valid: profile {p.profile}, {len(plan.jobs(p))} jobs")
@@ -39,11 +47,18 @@ def cmd_schema(p, args) -> None:
 
 
 def cmd_dvc_yaml(p, args) -> None:
-    """Write dvc.yaml for params.yaml's profile (after changing the experiment grid)."""
+    """Write dvc.yaml for params.yaml's profile (after changing the experiment grid), and the
+    block of .gitignore that keeps the per-example files its suspects stages read."""
     from pipeline.io import write_text
 
     write_text(plan.dvc_yaml(p), "dvc.yaml")
-    print(f"wrote dvc.yaml: {len(plan.jobs(p))} stages for profile {p.profile}")
+    ignore = Path(plan.GITIGNORE)
+    text = ignore.read_text() if ignore.exists() else ""
+    write_text(plan.with_gitignore_block(text, plan.gitignore_block(p)), ignore)
+    print(
+        f"wrote dvc.yaml: {len(plan.jobs(p))} stages for profile {p.profile}; and the files "
+        "that .gitignore keeps"
+    )
 
 
 def cmd_prepare(p, args) -> None:

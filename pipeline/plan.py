@@ -279,6 +279,35 @@ def train_job(p: Params, cell: Cell) -> Job:
     )
 
 
+GITIGNORE = ".gitignore"
+KEPT_BEGIN = "# >>> the per-example files a suspects stage reads, committed (written by"
+KEPT_END = "# <<< end of the block `python -m pipeline dvc-yaml` writes"
+
+
+def gitignore_block(p: Params) -> str:
+    """The .gitignore lines that keep in git the examples.csv and suspects.npy a suspects
+    stage of the active profile reads (every other one is ignored)."""
+    kept = sorted(
+        {
+            f"!{o.rsplit('/seed', 1)[0]}/seed*/{o.rsplit('/', 1)[1]}"
+            for j in jobs(p)
+            for o in j.committed
+            if o.rsplit("/", 1)[1] in PER_EXAMPLE
+        }
+    )
+    head = [KEPT_BEGIN, "# `python -m pipeline dvc-yaml` from params.yaml; do not edit)"]
+    return "\n".join([*head, *kept, KEPT_END]) + "\n"
+
+
+def with_gitignore_block(text: str, block: str) -> str:
+    """A .gitignore's text with its generated block replaced (or added at the end)."""
+    if KEPT_BEGIN in text and KEPT_END in text:
+        before, rest = text.split(KEPT_BEGIN, 1)
+        after = rest.split(KEPT_END, 1)[1].lstrip("\n")
+        return before + block + after
+    return text + ("" if text.endswith("\n") or not text else "\n") + block
+
+
 def read_by_suspects(p: Params, cell: Cell) -> bool:
     """Whether a suspects stage reads this cell's examples.csv and suspects.npy (then they
     are committed, as the stage's other inputs are; elsewhere they are regenerated with the

@@ -205,6 +205,27 @@ def test_the_examples_a_suspects_stage_reads_are_committed_and_no_others():
     assert {o for o, kept in examples if not kept} == set(ignored)
 
 
+def test_the_kept_examples_follow_the_experiments_and_check_says_when_they_do_not(
+    workdir, tiny_raw, capsys
+):
+    Path(".gitignore").write_text("results/**/examples.csv\n")
+    assert main(["dvc-yaml"]) == 0 and main(["check"]) == 0
+    assert "!results" not in Path(".gitignore").read_text()  # no suspects stage: nothing kept
+    tiny_raw["experiments"]["tiny"]["suspects"] = 2
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+    assert main(["check"]) == 2  # dvc.yaml and .gitignore are stale
+    assert main(["dvc-yaml"]) == 0 and main(["check"]) == 0
+    text = Path(".gitignore").read_text()
+    assert text.startswith("results/**/examples.csv\n") and text.count(plan.KEPT_BEGIN) == 1
+    kept = "!results/runs/digits/mlp/short/uniform40/erm/seed*/examples.csv"
+    assert kept in text.splitlines()
+    Path("dvc.yaml").write_text(plan.dvc_yaml(load("params.yaml")))
+    Path(".gitignore").write_text(text.replace(kept + "\n", ""))
+    capsys.readouterr()
+    assert main(["check"]) == 2
+    assert "does not keep the files the suspects stages read" in capsys.readouterr().err
+
+
 def test_breast_cancer_goes_through_the_table_source_from_a_csv(tmp_path, monkeypatch):
     from pipeline.config import DatasetSpec
     from pipeline.data import sources
