@@ -17,6 +17,21 @@ from pipeline.config import PARAMS_FILE, ParamsError, load, load_run
 from pipeline.io import CorruptFile
 
 
+def missing_packages(p) -> str | None:
+    """What the active profile needs that is not installed (found, not imported)."""
+    import importlib.util
+
+    needs = {"translation": ("fairseq", "sentencepiece")}
+    kinds = {p.datasets[e.dataset].facts.task for e in p.active_experiments.values()}
+    absent = [m for k in kinds for m in needs.get(k, ()) if importlib.util.find_spec(m) is None]
+    if not absent:
+        return None
+    return (
+        f"profile {p.profile} has translation experiments and {', '.join(absent)} is not "
+        "installed: run workflow/setup.sh (it builds fairseq-fixed 0.12.3.1)"
+    )
+
+
 def cmd_check(p, args) -> None:
     """Check params.yaml and that dvc.yaml (and .gitignore's generated block) match it;
     --record: write a fixed line there."""
@@ -32,6 +47,9 @@ def cmd_check(p, args) -> None:
             ".gitignore does not keep the files the suspects stages read: run "
             "`python -m pipeline dvc-yaml`"
         )
+    missing = missing_packages(p)
+    if missing:
+        raise ParamsError(missing)
     if args.record:
         write_text("params.yaml passed `python -m pipeline check`\n", args.record)
     print(f"params.yaml is valid: profile {p.profile}, {len(plan.jobs(p))} jobs")
@@ -110,7 +128,8 @@ def cmd_evaluate(p, args) -> None:
 
     run = _run(args)
     m = evaluate(p, run)
-    print(f"{run.name}: test accuracy {m['test']['accuracy']:.2f}%")
+    metric = "bleu" if "bleu" in m["test"] else "accuracy"
+    print(f"{run.name}: test {metric} {m['test'][metric]:.2f}")
 
 
 def cmd_report(p, args) -> None:

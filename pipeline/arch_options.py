@@ -1,6 +1,7 @@
 """The options params.yaml may give each architecture (`models.<name>`, beside `arch`): one
 frozen dataclass per architecture, with the types, ranges and defaults of the keyword arguments
-of its class in pipeline/models.py (or pipeline/text_models.py) that the data does not set.
+of its class in pipeline/models.py (or text_models.py, translation_models.py) that the data does
+not set.
 
 Torch-free, so that pipeline/config.py checks a model entry before any job; build_model
 passes every field to the class, so the defaults are written here only.
@@ -48,12 +49,29 @@ class TextBertOptions:
     vocab_size: PositiveInt = 30522
 
 
+@dataclass(frozen=True)
+class FairseqOptions:
+    """A fairseq translation model (pipeline/translation_models.py); None: the fairseq
+    architecture's default."""
+
+    fairseq_arch: str = "transformer"  # a name in fairseq's ARCH_MODEL_REGISTRY
+    encoder_layers: PositiveInt | None = None
+    decoder_layers: PositiveInt | None = None
+    embed_dim: PositiveInt | None = None  # both sides' token embeddings
+    hidden_dim: PositiveInt | None = None  # lstm: both sides' hidden state
+    ffn_dim: PositiveInt | None = None  # transformer: the feed-forward layers
+    heads: PositiveInt | None = None  # transformer: attention heads
+    dropout: FractionBelow1 | None = None
+    max_positions: PositiveInt = 256  # learned positions: the longest sentence in tokens
+
+
 ARCH_OPTIONS: dict[str, type] = {  # the arch names of params.yaml
     "mlp": MLPOptions,
     "lenet": LeNetOptions,
     "preact_resnet": PreActResNetOptions,
     "wrn": WideResNetOptions,
     "text_bert": TextBertOptions,
+    "fairseq": FairseqOptions,
 }
 ARCH_NAMES = tuple(ARCH_OPTIONS)
 

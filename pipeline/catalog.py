@@ -18,9 +18,15 @@ class SourceFacts:
     # None: it has one, of a size known after loading)
     sized_by: str | None = None  # the dataset field that sets `examples` instead (two moons)
     user: bool = False  # the user's own files: nothing known before the prepare stage
+    task: str = "classification"  # a kind of pipeline/task_kinds.py KINDS
 
 
 USER = SourceFacts(0, None, test=None, user=True)
+
+# the test metric each kind of task's tables report (pipeline/task_kinds.py `headline`), and how
+# a table names it
+HEADLINE = {"classification": "accuracy", "translation": "bleu"}
+METRIC_LABEL = {"accuracy": "accuracy (%)", "bleu": "sacreBLEU"}
 
 
 CATALOG = {  # the names of pipeline/data/sources.py SOURCES (a test keeps them equal)
@@ -41,6 +47,8 @@ CATALOG = {  # the names of pipeline/data/sources.py SOURCES (a test keeps them 
     "glue_mnli": SourceFacts(3, None, test=None),
     "glue_qnli": SourceFacts(2, None, test=None),
     "glue_qqp": SourceFacts(2, None, test=None),
+    "ding_de_en": SourceFacts(0, None, test=None, task="translation"),  # classes: BPE
+    "iwslt14_de_en": SourceFacts(0, None, test=None, task="translation"),
     "table": USER,
     "arrays": USER,
     "image_folder": USER,

@@ -61,7 +61,9 @@ class DatasetSpec:
     size: PositiveInt = 2000  # two moons: number of points
     noise: NonNegative = 0.1  # two moons: Gaussian noise of the points
     download: bool = False  # opt-in download (torchvision sets, GLUE)
-    max_length: PositiveInt = 64  # text: tokens per example (truncated, padded)
+    max_length: PositiveInt = 64  # text: tokens per example (truncated, padded); translation:
+    # the longest side kept, in BPE tokens with </s>
+    vocab_size: PositiveInt = 4000  # translation: the joint BPE's pieces (learnt on non-test)
     root: str | None = None  # where the source's files are; None: the source's default
     # the user's own data (sources table, arrays, image_folder; see pipeline/data/user_sources.py)
     path: str | None = None  # the file or folder
@@ -119,7 +121,9 @@ NOISE_FIELDS = {  # kind -> fields it requires beyond the split
     "background": ("rate",),
     "imbalance": ("classes", "majority_fraction", "train_size"),
     "few_labels": ("labels",),
+    "mask": ("rate", "token_rate"),
 }
+TRANSLATION_NOISE = ("none", "mask")  # the kinds a translation dataset takes
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,9 @@ class NoiseSpec:
     imbalance: binary task on `classes` (the second is the majority) with `train_size` training
         examples of which `majority_fraction` are the majority (L2RW section 4.1).
     few_labels: `labels` labelled training examples (class-balanced), the rest unlabelled (MPL).
+    mask (translation): a training pair is picked with prob. `rate`, and in a picked pair each
+        source and target token becomes <mask> with prob. `token_rate` (deep-interactions
+        paper, section 4.5).
     train_size (other kinds): keep a random subset of that many training examples.
     """
 
@@ -146,6 +153,7 @@ class NoiseSpec:
     majority_fraction: Annotated[float, Within("[0.5, 1)")] | None = None
     train_size: PositiveInt | None = None
     labels: PositiveInt | None = None
+    token_rate: Fraction | None = None
 
     def check(self, where: str) -> None:
         for key in NOISE_FIELDS[self.kind]:
@@ -162,6 +170,13 @@ class NoiseSpec:
         """The split and classes fit `data` (the dataset of experiment `used_by`)."""
         if data.facts.user:  # checked when the noise stage reads the prepared data
             return
+        translation = data.facts.task == "translation"
+        if translation != (self.kind in TRANSLATION_NOISE[1:]) and self.kind != "none":
+            kinds = "none or mask" if translation else "any kind but mask"
+            raise ParamsError(
+                f"{where}.kind: {self.kind} does not apply to {data.source} (used by "
+                f"{used_by}), a {data.facts.task} dataset: {kinds}"
+            )
         k = data.facts.classes
         about = f"{data.source} has {k} classes (used by {used_by})"
         if self.background is not None and self.background >= k:
@@ -232,8 +247,17 @@ class ScheduleSpec:
     # (train_acc) and, among the corrupted ones, the fraction it predicts as given (noisy_fit):
     # the check that a baseline memorises the noise (one eval pass over the training split)
     fit_curve: bool = False
+    # translation: fairseq's label-smoothed cross entropy (its eps); linear warm-up of the lr
+    # over the first warmup_steps, then decay by milestones (step) or as fairseq's inverse_sqrt
+    label_smoothing: FractionBelow1 = 0.0
+    warmup_steps: NonNegativeInt = 0
+    lr_decay: Literal["step", "inverse_sqrt"] = "step"
 
     def check(self, where: str) -> None:
+        if self.lr_decay == "inverse_sqrt" and not self.warmup_steps:
+            raise ParamsError(f"{where}.warmup_steps: required by lr_decay inverse_sqrt")
+        if self.lr_decay == "inverse_sqrt" and self.milestones:
+            raise ParamsError(f"{where}.milestones: step decay, not with lr_decay inverse_sqrt")
         if self.optimizer != "sgd" and self.nesterov:
             raise ParamsError(f"{where}.nesterov: only with optimizer sgd")
 
@@ -449,8 +473,10 @@ class Params:
         return (self.raw["methods"][name] or {}).get("method", name) if self.raw else name
 
     def teacher_of(self, method: str) -> str | None:
-        """The pretrained teacher a method's settings name, if any."""
-        return getattr(self.methods[method], "teacher", None) or None
+        """The pretrained model a method's settings name, if any: its teacher, or the model
+        its student starts from."""
+        settings = self.methods[method]
+        return getattr(settings, "teacher", None) or settings.start_from or None
 
 
 SECTIONS = (
@@ -523,11 +549,17 @@ def parse(raw: dict) -> Params:
 
 
 def _check_references(p: Params) -> None:
-    for name in p.methods:
+    for name, settings in p.methods.items():
+        if getattr(settings, "teacher", None) and settings.start_from:
+            raise ParamsError(
+                f"methods.{name}.start_from: a method reads one pretrained model; it has a "
+                "teacher already"
+            )
         teacher = p.teacher_of(name)
         if teacher is not None and teacher not in p.teachers:
+            field = "start_from" if settings.start_from else "teacher"
             raise ParamsError(
-                f"methods.{name}.teacher: unknown teacher {teacher!r} "
+                f"methods.{name}.{field}: unknown teacher {teacher!r} "
                 f"(known: {', '.join(p.teachers) or 'none; add a `teachers` section'})"
             )
     for name, t in p.teachers.items():
@@ -565,6 +597,44 @@ def _check_references(p: Params) -> None:
                     )
         for noise in exp.noise:
             p.noise[noise].check_fits(f"noise.{noise}", p.datasets[exp.dataset], where)
+        _check_task_kind(p, name, exp)
+
+
+def _check_task_kind(p: Params, name: str, exp) -> None:
+    """The experiment's methods, schedule and model suit its dataset's kind of task, and a
+    student that starts from a pretrained model has that model's architecture."""
+    from pipeline.methods.settings import TASK_KINDS
+
+    where = f"experiments.{name}"
+    data = p.datasets[exp.dataset]
+    kind = "classification" if data.facts.user else data.facts.task
+    translation = kind == "translation"
+    if translation != (p.models[exp.model].arch == "fairseq"):
+        raise ParamsError(
+            f"{where}.model: {exp.dataset} is a {kind} dataset; arch fairseq is for "
+            "translation and only for it"
+        )
+    if p.schedules[exp.schedule].label_smoothing and not translation:
+        raise ParamsError(f"schedules.{exp.schedule}.label_smoothing: translation only ({where})")
+    for method in exp.methods:
+        settings, method_kind = p.methods[method], p.method_kind(method)
+        kinds = TASK_KINDS.get(method_kind, ("classification",))
+        if kind not in kinds:
+            raise ParamsError(
+                f"{where}.methods: {method} ({method_kind}) is written for "
+                f"{', '.join(kinds)}, not {kind} ({exp.dataset})"
+            )
+        if translation and method_kind == "dir" and set(settings.features) - {"I0", "I1", "L"}:
+            raise ParamsError(
+                f"methods.{method}.features: a translation's DIR teacher reads I0, I1 and L "
+                f"(M0 and M1 are of classes; used by {where})"
+            )
+        start = settings.start_from
+        if start and p.teachers[start].model != exp.model:
+            raise ParamsError(
+                f"methods.{method}.start_from: teacher {start!r} is a {p.teachers[start].model}, "
+                f"the student of {where} a {exp.model}"
+            )
 
 
 def _read(path: str | Path) -> dict:

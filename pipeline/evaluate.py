@@ -10,7 +10,6 @@ import torch
 
 from pipeline import numerics, plan
 from pipeline.config import Params
-from pipeline.core.student import predict
 from pipeline.examples import (
     ExampleWeights,
     detection,
@@ -22,22 +21,7 @@ from pipeline.io import git_revision, load_torch, write_json
 from pipeline.models import build_model
 from pipeline.plan import Run
 from pipeline.task import TaskData, load_task
-
-
-def classification_metrics(pred: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict:
-    """Accuracy, error and macro F1 (classes absent from both y and pred are skipped), in %."""
-    acc = float((pred == y).double().mean())
-    f1s = []
-    for c in range(num_classes):
-        tp = float(((pred == c) & (y == c)).sum())
-        support, predicted = float((y == c).sum()), float((pred == c).sum())
-        if support + predicted:
-            f1s.append(2 * tp / (support + predicted))
-    return {
-        "accuracy": round(100 * acc, 4),
-        "error": round(100 * (1 - acc), 4),
-        "macro_f1": round(100 * sum(f1s) / len(f1s), 4),
-    }
+from pipeline.task_kinds import classification_metrics, task_kind  # noqa: F401 (re-exported)
 
 
 def state_digest(state: dict[str, torch.Tensor]) -> str:
@@ -88,7 +72,9 @@ def settings_of(p: Params, run: Run) -> dict:
     }
 
 
-def write_example_records(model, saved: dict, data: TaskData, run: Run, metrics: dict) -> None:
+def write_example_records(
+    model, task, saved: dict, data: TaskData, run: Run, metrics: dict
+) -> None:
     """examples.csv and suspects.npy (pipeline/examples.py) and, where labels were corrupted,
     how well the ranking finds them (metrics["detection"])."""
     weights = None
@@ -96,7 +82,7 @@ def write_example_records(model, saved: dict, data: TaskData, run: Run, metrics:
         weights = ExampleWeights(len(data.train_y))
         weights.load_state_dict(saved["example_weights"])
     best = (saved["best_val"] or {}).get("model") or saved["model"]
-    table = example_table(model, saved["model"], best, data, weights)
+    table = example_table(model, task, saved["model"], best, data, weights)
     write_examples(table, run.file("examples.csv"))
     images = None
     if data.train_x.dim() == 4 and data.train_rows is not None:  # the raw pixels, not the
@@ -117,19 +103,20 @@ def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
     spec = p.models[run.model]
     model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options).to(device)
     saved = load_torch(run.file("model.pt"))
+    task = task_kind(data, p.schedules[run.schedule].label_smoothing)
 
-    def score(state: dict, x: torch.Tensor, y: torch.Tensor) -> dict:
+    def score(state: dict, split: str) -> dict:
         model.load_state_dict(state)
-        return classification_metrics(predict(model, x).argmax(1), y, data.num_classes)
+        return task.scores(model, data, split)
 
-    val = score(saved["model"], data.val_x, data.val_y)
-    test = score(saved["model"], data.test_x, data.test_y)
+    val = score(saved["model"], "val")
+    test = score(saved["model"], "test")
     metrics = {
         **dataclasses.asdict(run),
         # "test": the final model; "test_best_val": the epoch best on the clean validation
         # split (early stopping, the papers' "+ES"), before any fine-tuning.
         "test": test,
-        "val_accuracy": val["accuracy"],
+        f"val_{task.headline}": val[task.headline],
         "sizes": {"train": len(data.train_y), "val": len(data.val_y), "test": len(data.test_y)},
         "model_sha256": state_digest(saved["model"]),
         "settings": settings_of(p, run),
@@ -144,13 +131,11 @@ def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
     best = saved["best_val"]  # absent after fine-tuning, which follows the last epoch
     if best:  # its weights are absent when the last epoch was the best
         best_model = best["model"]
-        metrics["test_best_val"] = (
-            test if best_model is None else score(best_model, data.test_x, data.test_y)
-        )
+        metrics["test_best_val"] = test if best_model is None else score(best_model, "test")
         metrics["best_epoch"] = best["epoch"]
     if saved["method"].get("metrics"):  # what a teacher recorded (e.g. DLF's history)
         metrics["teacher"] = saved["method"]["metrics"]
-    write_example_records(model, saved, data, run, metrics)
+    write_example_records(model, task, saved, data, run, metrics)
     sample = saved["method"].get("weight_sample")
     if sample and sample["weights"]:
         metrics["weight_histogram"] = weight_histogram(sample)

@@ -22,10 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipeline import plan
-from pipeline.core.student import predict
 from pipeline.detection import ranking_quality
 from pipeline.io import write_bytes, write_text
 from pipeline.task import TaskData
@@ -65,16 +63,9 @@ class ExampleWeights:
         )
 
 
-def _logits_and_losses(
-    model: torch.nn.Module, state: dict, data: TaskData
-) -> tuple[torch.Tensor, torch.Tensor]:
-    model.load_state_dict(state)
-    logits = predict(model, data.train_x)
-    return logits, F.cross_entropy(logits, data.train_y.clamp_min(0), reduction="none")
-
-
 def example_table(
     model: torch.nn.Module,
+    task,
     final: dict,
     best: dict,
     data: TaskData,
@@ -82,17 +73,16 @@ def example_table(
 ) -> dict[str, np.ndarray]:
     """The columns of examples.csv for the labelled training examples, in split order.
     `final` and `best` are the state dicts of the final and best-on-validation models."""
-    labelled = (data.train_y >= 0).cpu()
-    _, loss_best = _logits_and_losses(model, best, data)
-    logits, loss = _logits_and_losses(model, final, data)  # the model is left at its final state
-    prob, pred = logits.softmax(1).max(1)
+    labelled = data.labelled.cpu()
+    model.load_state_dict(best)
+    loss_best = task.example_columns(model, data)["loss"]
+    model.load_state_dict(final)  # the model is left at its final state
+    given = task.example_columns(model, data)
+    names = {k: np.asarray(given.pop(k), dtype=object) for k in ("label", "pred")}
     columns = {
         "index": torch.arange(len(labelled)),
         "row": data.train_rows if data.train_rows is not None else torch.arange(len(labelled)),
-        "label": data.train_y,
-        "pred": pred,
-        "prob": prob,
-        "loss": loss,
+        **given,
         "loss_best_val": loss_best,
         "corrupted": data.noise_mask.long(),
     }
@@ -103,8 +93,7 @@ def example_table(
     else:
         score = loss_best
     table = {k: v.detach().cpu().numpy()[labelled.numpy()] for k, v in columns.items()}
-    names = np.asarray(data.class_names, dtype=object)  # the labels as the user gave them
-    table["label"], table["pred"] = names[table["label"]], names[table["pred"]]
+    table.update({k: v[labelled.numpy()] for k, v in names.items()})  # as the user gave them
     if data.ids is not None:
         table["id"] = np.asarray(data.ids, dtype=object)[table["row"]]
     score = score.detach().cpu().double().numpy()[labelled.numpy()]

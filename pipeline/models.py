@@ -190,17 +190,24 @@ def _architecture(arch: str) -> type[nn.Module]:
         from pipeline.text_models import TextClassifier
 
         return TextClassifier
+    if arch == "fairseq":  # so is fairseq
+        from pipeline.translation_models import Translator
+
+        return Translator
     return ARCHITECTURES[arch]  # check_options has refused any other name
 
 
 def build_model(arch: str, in_shape: tuple[int, ...], num_classes: int, **options) -> nn.Module:
-    """The `arch` network for examples of shape `in_shape` ((C, H, W), (D,) or token ids (L,));
+    """The `arch` network for examples of shape `in_shape` ((C, H, W), (D,) or token ids (L,);
+    a translation model: num_classes is the vocabulary's size);
     `options` are the class's remaining keyword arguments (e.g. depth, width, hidden, dropout)."""
     options = dataclasses.asdict(check_options(arch, options))
     cls = _architecture(arch)
     in_shape = tuple(in_shape)
     if arch == "text_bert":
         derived = {"max_length": in_shape[0]}
+    elif arch == "fairseq":
+        derived = {}
     elif cls is MLP:
         derived: dict = {"in_features": math.prod(in_shape)}
     elif len(in_shape) != 3:

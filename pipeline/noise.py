@@ -17,6 +17,7 @@ import torch
 from pipeline import plan
 from pipeline.config import DatasetSpec, NoiseSpec, Params
 from pipeline.data import RawDataset
+from pipeline.data.translation_sources import EOS, MASK, PAD
 from pipeline.io import load_torch, save_torch, write_json
 
 UNLABELLED = -1
@@ -90,6 +91,22 @@ def corrupt(
     return torch.where(flip, target, y), info
 
 
+def mask_pairs(
+    x: torch.Tensor, y: torch.Tensor, spec: NoiseSpec, mask: int, pad: int, g: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The deep-interactions paper's masked noise: each pair is picked with prob. `rate`; in a
+    picked pair every source and target token (</s> and padding aside) becomes `mask` with prob.
+    `token_rate`. Returns the noisy sources, targets and which pairs were picked."""
+    picked = torch.rand(len(y), generator=g) < spec.rate
+
+    def masked(t: torch.Tensor) -> torch.Tensor:
+        hit = (torch.rand(t.shape, generator=g) < spec.token_rate) & picked[:, None]
+        hit &= (t != pad) & (t != EOS)
+        return torch.where(hit, torch.full_like(t, mask), t)
+
+    return masked(x), masked(y), picked
+
+
 def transition_matrix(clean: torch.Tensor, noisy: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Realised T[i, j] = fraction of training examples of true class i labelled j."""
     counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
@@ -133,6 +150,8 @@ def make_split(data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int)
         train = train[torch.randperm(len(train), generator=g)[: spec.train_size]].sort().values
 
     clean = y[train]
+    if y.dim() == 2:  # a translation: masked pairs, no classes to flip
+        return _translation_split(data, spec, seed, train, val, test)
     noisy, info = corrupt(clean, spec, num_classes, generator(data.name, "noise", seed))
     if spec.kind == "few_labels":
         noisy = torch.full_like(clean, UNLABELLED)
@@ -159,6 +178,41 @@ def make_split(data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int)
     }
 
 
+def _translation_split(data: RawDataset, spec: NoiseSpec, seed: int, train, val, test) -> dict:
+    """A translation's split: its training pairs masked (kind mask) or left clean (none)."""
+    x, y = data.x[train], data.y[train]
+    picked = torch.zeros(len(train), dtype=torch.bool)
+    if spec.kind == "mask":
+        mask = data.classes.index(MASK)
+        g = generator(data.name, "noise", seed)
+        x, noisy, picked = mask_pairs(x, y, spec, mask, PAD, g)
+    else:
+        noisy = y.clone()
+    tokens = (data.y[train] != PAD) & (data.y[train] != EOS)
+    changed = (noisy != data.y[train]) & tokens
+    return {
+        "dataset": data.name,
+        "seed": seed,
+        "kind": spec.kind,
+        "num_classes": data.num_classes,
+        "class_names": list(data.classes),
+        "label_map": None,
+        "train_idx": train,
+        "val_idx": val,
+        "test_idx": test,
+        "train_x": x,  # the sources as training sees them (masked)
+        "train_y": noisy,
+        "train_y_clean": data.y[train],
+        "val_y": data.y[val],
+        "test_y": data.y[test],
+        "noise_mask": picked,
+        "transition": torch.zeros(0, 0, dtype=torch.float64),
+        "realised_rate": float(picked.double().mean()),
+        # the fraction of the picked pairs' target tokens masked
+        "realised_token_rate": float(changed[picked].sum() / tokens[picked].sum().clamp_min(1)),
+    }
+
+
 def _imbalanced(
     pool: torch.Tensor, y: torch.Tensor, spec: NoiseSpec, g: torch.Generator
 ) -> torch.Tensor:
@@ -182,12 +236,16 @@ def summary(split: dict) -> dict:
         "seed": split["seed"],
         "kind": split["kind"],
         "num_classes": split["num_classes"],
-        "class_names": split["class_names"],
+        # a translation's vocabulary is in the prepared dataset, not repeated per split
+        **({"class_names": split["class_names"]} if "train_x" not in split else {}),
         "sizes": {k: len(split[f"{k}_idx"]) for k in ("train", "val", "test")},
-        "labelled_train": int((split["train_y"] != UNLABELLED).sum()),
+        "labelled_train": int(
+            (split["train_y"].reshape(len(split["train_y"]), -1) != UNLABELLED).all(1).sum()
+        ),
         "realised_rate": round(split["realised_rate"], 6),
         "transition": [[round(v, 6) for v in row] for row in split["transition"].tolist()],
         **{k: split[k] for k in ("background", "similar", "label_map") if split.get(k)},
+        **{k: round(split[k], 6) for k in ("realised_token_rate",) if k in split},
     }
 
 

@@ -12,6 +12,7 @@ import textwrap
 import pandas as pd
 
 from pipeline import plan
+from pipeline.catalog import HEADLINE, METRIC_LABEL
 from pipeline.config import Params, parse_claim, reported_numbers
 from pipeline.io import read_json, save_figure, write_json, write_text
 
@@ -46,8 +47,13 @@ def collect(p: Params, experiment: str) -> pd.DataFrame:
                     **m["test_best_val"],
                 }
             )
-    rows += chosen_on_validation(exp, plan.runs(p, experiment))
+    rows += chosen_on_validation(exp, plan.runs(p, experiment), headline_of(p, experiment))
     return pd.DataFrame(rows)
+
+
+def headline_of(p: Params, experiment: str) -> str:
+    """The test metric of the experiment's tables: accuracy, or a translation's BLEU."""
+    return HEADLINE[p.datasets[p.experiments[experiment].dataset].facts.task]
 
 
 def finite_or_refuse(path: str, metrics: dict) -> None:
@@ -58,7 +64,7 @@ def finite_or_refuse(path: str, metrics: dict) -> None:
                 raise FloatingPointError(f"{path}: {section}.{key} is {value}; retrain this run")
 
 
-def chosen_on_validation(exp, runs: list) -> list[dict]:
+def chosen_on_validation(exp, runs: list, metric: str = "accuracy") -> list[dict]:
     """Rows exp.chosen_row: per noise setting and seed, the test metrics of the variant
     in `choose_on_validation` with the best validation accuracy (first listed on ties)."""
     if not exp.choose_on_validation:
@@ -69,7 +75,8 @@ def chosen_on_validation(exp, runs: list) -> list[dict]:
         if run.method in exp.choose_on_validation:
             m = read_json(run.file("metrics.json"))
             key = (run.noise, run.seed)
-            if key not in best or m["val_accuracy"] > best[key]["val_accuracy"]:
+            score = f"val_{metric}"
+            if key not in best or m[score] > best[key][score]:
                 best[key] = m
     return [
         {"noise": noise, "method": name, "seed": seed, **m["test"]}
@@ -144,7 +151,7 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
     lines = [
         f"# {exp.title or experiment}",
         "",
-        f"Test {metric} (%), mean ± 95% CI over {len(p.seeds)} seeds "
+        f"Test {METRIC_LABEL[metric]}, mean ± 95% CI over {len(p.seeds)} seeds "
         f"({', '.join(map(str, p.seeds))}); dataset {exp.dataset}, model {exp.model}, "
         f'schedule {exp.schedule}. Rows are the final model; "+ES" rows the epoch best '
         "on the clean validation split.",
@@ -197,7 +204,7 @@ def figure(
     if not exp.figure:
         ax.set_xticks(xs, exp.noise)
     title = textwrap.fill(exp.title or experiment, 60)  # long titles wrap, not cut
-    ax.set(xlabel=xlabel, ylabel=f"test {metric} (%)", title=title)
+    ax.set(xlabel=xlabel, ylabel=f"test {METRIC_LABEL[metric]}", title=title)
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -269,15 +276,16 @@ def table_numbers(summary: pd.DataFrame, metric: str = "accuracy") -> dict:
 
 
 def report(p: Params, experiment: str) -> pd.DataFrame:
-    summary = summarise(collect(p, experiment))
+    metric = headline_of(p, experiment)
+    summary = summarise(collect(p, experiment), metric)
     csv_path, md_path = plan.table_paths(experiment)
     write_text(summary.to_csv(index=False, float_format="%.2f", lineterminator="\n"), csv_path)
-    write_text(markdown(p, experiment, summary), md_path)
-    write_json(table_numbers(summary), plan.metrics_path(experiment))
+    write_text(markdown(p, experiment, summary, metric), md_path)
+    write_json(table_numbers(summary, metric), plan.metrics_path(experiment))
     if p.experiments[experiment].curves_figure:
         curves_figure(p, experiment, plan.figure_path(experiment))
     else:
-        figure(p, experiment, summary, plan.figure_path(experiment))
+        figure(p, experiment, summary, plan.figure_path(experiment), metric)
     return summary
 
 
@@ -301,8 +309,9 @@ def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     reported = reported_numbers()
     rows = []
     for name, exp in p.active_experiments.items():
+        metric = headline_of(p, name)
         cells = tables[name].set_index(["noise", "method"]) if exp.claims else None
-        spread = unstable(tables[name]) if exp.claims else {}
+        spread = unstable(tables[name], metric) if exp.claims else {}
         for text in exp.claims:
             method, baseline, noise, named = parse_claim(text, exp.noise[0])
             ours, base = (cells.loc[(noise, m)] for m in (method, baseline))
@@ -320,11 +329,11 @@ def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                     "experiment": name,
                     "claim": f"{method} > {baseline}",
                     "noise": noise,
-                    "ours": interval(ours, (noise, method) in spread),
-                    "baseline": interval(base, (noise, baseline) in spread),
+                    "ours": interval(ours, (noise, method) in spread, metric),
+                    "baseline": interval(base, (noise, baseline) in spread, metric),
                     "verdict": verdict(
-                        (ours.accuracy_mean, ours.accuracy_ci95),
-                        (base.accuracy_mean, base.accuracy_ci95),
+                        (ours[f"{metric}_mean"], ours[f"{metric}_ci95"]),
+                        (base[f"{metric}_mean"], base[f"{metric}_ci95"]),
                     ),
                     "paper": paper["label"] if paper else "",
                     "paper_ours": paper["values"][method] if paper else "",
@@ -335,10 +344,12 @@ def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def fidelity_markdown(p: Params, rows: pd.DataFrame) -> str:
+    metrics = {headline_of(p, e) for e in (rows["experiment"] if len(rows) else ())}
+    measure = "accuracy (%)" + (" (translations: sacreBLEU)" if "bleu" in metrics else "")
     lines = [
         "# Fidelity: the papers' headline claims, tested on this profile's analogues",
         "",
-        f"Test accuracy (%), mean ± 95% CI over {len(p.seeds)} seeds. A claim is "
+        f"Test {measure}, mean ± 95% CI over {len(p.seeds)} seeds. A claim is "
         '"method above baseline", as the paper reports it. Verdict: **reproduced** (our '
         "intervals apart, in the paper's direction), **not separated** (they overlap), "
         "**contradicted** (apart, the other way); † marks a row whose seeds lie more than "

@@ -1,8 +1,8 @@
 """A run's data, resident on its device: the prepared dataset cut by the noise stage's split.
 
 Images become float tensors normalised with the training split's per-channel mean and std, once
-(token ids stay int64), so the training loop only indexes tensors (no DataLoader, no per-step
-host-device copies).
+(token ids stay int64; a translation's targets are token ids in y), so the training loop only
+indexes tensors (no DataLoader, no per-step host-device copies).
 """
 
 from __future__ import annotations
@@ -30,14 +30,28 @@ class TaskData:
     # user's example ids where the source has them (both for examples.csv)
     train_rows: torch.Tensor | None = None
     ids: list[str] | None = None
+    kind: str = "classification"  # a name of pipeline/task_kinds.py KINDS
+    masked_pairs: torch.Tensor | None = None  # a translation's: the pairs the noise picked
+    # a translation's reference sentences (what BLEU is scored against)
+    val_references: list[str] | None = None
+    test_references: list[str] | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
 
     @property
+    def labelled(self) -> torch.Tensor:
+        """Which training examples have a label (a translation's pairs all have one)."""
+        return (self.train_y.reshape(len(self.train_y), -1) >= 0).all(1)
+
+    @property
     def noise_mask(self) -> torch.Tensor:
-        return (self.train_y != self.train_y_clean) & (self.train_y >= 0)
+        """Which labelled examples the noise stage corrupted (a translation: whose pair it
+        masked, source or target)."""
+        if self.masked_pairs is not None:
+            return self.masked_pairs
+        return (self.train_y != self.train_y_clean) & self.labelled
 
 
 def normalise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -70,6 +84,11 @@ def load_task(
     parts = {
         k: normalise(x[split[f"{k}_idx"]], reference).to(device) for k in ("train", "val", "test")
     }
+    if "train_x" in split:  # inputs the noise stage changed (a translation's masked sources)
+        parts["train"] = split["train_x"].to(device)
+    references = raw.get("references")
+    if references is not None:
+        refs = {k: [references[i] for i in split[f"{k}_idx"].tolist()] for k in ("val", "test")}
     return TaskData(
         train_x=parts["train"],
         train_y=split["train_y"].to(device),
@@ -82,4 +101,8 @@ def load_task(
         class_names=split["class_names"],
         train_rows=split["train_idx"],
         ids=raw.get("ids"),
+        kind="translation" if raw["y"].dim() == 2 else "classification",
+        masked_pairs=split["noise_mask"].to(device) if "train_x" in split else None,
+        val_references=refs["val"] if references is not None else None,
+        test_references=refs["test"] if references is not None else None,
     )

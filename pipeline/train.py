@@ -1,10 +1,11 @@
 """The train stage: every seed of one (dataset, model, schedule, noise setting, method).
 
-The loop is the same for every method; the method's `step` does the update. Each epoch ends
-with the clean-validation accuracy in the history and a checkpoint (outside the declared
-outputs), so a killed job resumes at its last finished epoch, seeds already done included,
-and ends bit-identical to an uninterrupted run on CPU: batch order is a function of (seed,
-epoch), and the RNG states are saved with the checkpoint.
+The loop is the same for every method and kind of task (pipeline/task_kinds.py); the method's
+`step` does the update. Each epoch ends with the student's clean-validation score (accuracy, or
+a translation's BLEU) in the history and a checkpoint (outside the declared outputs), so a
+killed job resumes at its last finished epoch, seeds already done included, and ends
+bit-identical to an uninterrupted run on CPU: batch order is a function of (seed, epoch), and
+the RNG states are saved with the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from pipeline import numerics
 from pipeline.augment import augment
 from pipeline.config import Params
-from pipeline.core.student import Student, accuracy, cross_entropy, predict
+from pipeline.core.student import Student
 from pipeline.examples import ExampleWeights
 from pipeline.io import Progress, load_torch, log, save_torch, write_json
 from pipeline.methods.base import Batch, Context
@@ -31,6 +32,7 @@ from pipeline.models import build_model
 from pipeline.noise import generator
 from pipeline.plan import Cell, Run, teacher_runs
 from pipeline.task import TaskData, load_task
+from pipeline.task_kinds import Classification, task_kind
 
 
 def batches(
@@ -40,12 +42,14 @@ def batches(
     epoch: int,
     augmentation: str,
     unlabelled: bool = False,
+    task=None,
 ):
     """Full batches of the labelled training examples (all of them for a method that reads
-    unlabelled ones, whose label is -1) in an order fixed by (seed, epoch)."""
+    unlabelled ones, whose label is -1) in an order fixed by (seed, epoch) and drawn the task's
+    way (a translation groups pairs of similar length)."""
     g = generator("batches", seed, epoch)
-    usable = (data.train_y >= (-1 if unlabelled else 0)).nonzero().squeeze(1).cpu()
-    order = usable[torch.randperm(len(usable), generator=g)]
+    usable = torch.arange(len(data.train_y)) if unlabelled else data.labelled.nonzero()[:, 0]
+    order = (task or Classification()).batch_order(usable.cpu(), data, batch_size, g)
     for i in range(len(order) // batch_size):
         index = order[i * batch_size : (i + 1) * batch_size].to(data.train_x.device)
         x = data.train_x[index]
@@ -54,22 +58,23 @@ def batches(
 
 
 def steps_per_epoch(data: TaskData, batch_size: int, unlabelled: bool = False) -> int:
-    n = len(data.train_y) if unlabelled else int((data.train_y >= 0).sum())
+    n = len(data.train_y) if unlabelled else int(data.labelled.sum())
     if n < batch_size:
         kind = "training" if unlabelled else "labelled training"
         raise ValueError(f"{n} {kind} examples, fewer than one batch of {batch_size}")
     return n // batch_size
 
 
-def finetune(student: Student, data: TaskData, steps: int, seed: int) -> dict:
-    """The papers' "+FT": plain cross-entropy steps on the clean validation split at the
+def finetune(student: Student, data: TaskData, task, steps: int, seed: int) -> dict:
+    """The papers' "+FT": plain steps of the task's loss on the clean validation split at the
     final learning rate, after training."""
     g = generator("finetune", seed)
     size = min(student.schedule.batch_size, len(data.val_y))
     total = 0.0
     for _ in range(steps):
         index = torch.randperm(len(data.val_y), generator=g)[:size].to(data.val_y.device)
-        loss = cross_entropy(student.model(data.val_x[index]), data.val_y[index]).mean()
+        x, y = data.val_x[index], data.val_y[index]
+        loss = task.losses(task.forward(student.model, x, y), y).mean()
         student.update(loss)
         total += float(loss)
     return {
@@ -77,17 +82,6 @@ def finetune(student: Student, data: TaskData, steps: int, seed: int) -> dict:
         "step": student.step_count,
         "loss": round(total / steps, 6),
         "seconds": 0.0,
-    }
-
-
-def validation_figures(model: torch.nn.Module, data: TaskData, method) -> dict:
-    """The student's validation accuracy and what the method adds from the same logits (e.g.
-    a learning teacher's validation loss and accuracy), in eval mode: no random state is
-    drawn, so recording them more often leaves training unchanged."""
-    logits = predict(model, data.val_x)
-    return {
-        "val_acc": round(accuracy(logits, data.val_y), 6),
-        **method.validation_metrics(logits),
     }
 
 
@@ -167,22 +161,6 @@ def load_pretrained(p: Params, teacher: str, run: Run, data: TaskData, device) -
     return model.requires_grad_(False).eval()
 
 
-def training_fit(model: torch.nn.Module, data: TaskData) -> dict:
-    """Accuracy on the labels training sees (noisy ones included) and the fraction of the
-    corrupted examples predicted as their corrupted label: near 1 - rate and 0 while the
-    student ignores the noise, towards 1 and 1 as it memorises it. Eval mode: no random state
-    is drawn."""
-    labelled = data.train_y >= 0
-    pred = predict(model, data.train_x[labelled]).argmax(1)
-    given = data.train_y[labelled]
-    noisy = data.noise_mask[labelled]
-    fits = (pred == given).double()
-    return {
-        "train_acc": round(float(fits.mean()), 6),
-        "noisy_fit": round(float(fits[noisy].mean()), 6) if bool(noisy.any()) else 0.0,
-    }
-
-
 def best_on_validation(best: dict, epoch_count: int, finetuned: bool) -> dict | None:
     """The best-on-validation epoch ("+ES"): none after fine-tuning, which follows it; its
     weights only when they are not the final model's (the last epoch was not the best)."""
@@ -206,6 +184,7 @@ def train(
     torch.manual_seed(int(generator("init", seed).initial_seed()))  # init and dropout
     spec = p.models[run.model]
     model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options).to(device)
+    task = task_kind(data, schedule.label_smoothing)
     method_cls = METHODS[p.method_kind(run.method)]
     unlabelled = method_cls.uses_unlabelled
     per_epoch = steps_per_epoch(data, schedule.batch_size, unlabelled)
@@ -214,6 +193,9 @@ def train(
     pretrained = (
         {teacher_name: load_pretrained(p, teacher_name, run, data, device)} if teacher_name else {}
     )
+    start = p.methods[run.method].start_from
+    if start:  # fine-tune the pretrained model (of the student's own architecture)
+        model.load_state_dict(pretrained[start].state_dict())
     ctx = Context(
         student,
         data,
@@ -221,11 +203,13 @@ def train(
         generator("method", seed),
         pretrained,
         ExampleWeights(len(data.train_y), device),
+        task,
     )
     teacher = method_cls(p.methods[run.method], ctx)
 
     history: list[dict] = []
-    best: dict = {"val_acc": -1.0}  # the best-on-validation model (early stopping)
+    score = task.validation_key  # the best-on-validation model (early stopping)
+    best: dict = {score: -1.0}
     start_epoch = 0
     made_with = fingerprint(p, run)
     state = resumable(ckpt_path, made_with)
@@ -245,7 +229,10 @@ def train(
         started = time.monotonic()
         model.train()
         sums: dict[str, torch.Tensor] = {}
-        for batch in batches(data, schedule.batch_size, seed, epoch, schedule.augment, unlabelled):
+        epoch_batches = batches(
+            data, schedule.batch_size, seed, epoch, schedule.augment, unlabelled, task
+        )
+        for batch in epoch_batches:
             with named_failure(run, epoch + 1):
                 logs = teacher.step(batch)
             for key, value in logs.items():
@@ -253,19 +240,19 @@ def train(
             progress.update(student.step_count)
             step = student.step_count
             if schedule.eval_every and step % schedule.eval_every == 0 and step % per_epoch:
-                history.append({"step": step, **validation_figures(model, data, teacher)})
+                history.append({"step": step, **task.validation_figures(model, data, teacher)})
         record = {
             "epoch": epoch + 1,
             "step": student.step_count,
             **{k: round(float(v) / per_epoch, 6) for k, v in sums.items()},
-            **validation_figures(model, data, teacher),
-            **(training_fit(model, data) if schedule.fit_curve else {}),
+            **task.validation_figures(model, data, teacher),
+            **(task.training_fit(model, data) if schedule.fit_curve else {}),
             "seconds": round(time.monotonic() - started, 2),
         }
         history.append(record)
-        if record["val_acc"] > best["val_acc"]:
+        if record[score] > best[score]:
             best = {
-                "val_acc": record["val_acc"],
+                score: record[score],
                 "epoch": epoch + 1,
                 "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
             }
@@ -296,7 +283,7 @@ def train(
 
     if teacher.settings.finetune_steps:
         with named_failure(run, "fine-tuning"):
-            history.append(finetune(student, data, teacher.settings.finetune_steps, seed))
+            history.append(finetune(student, data, task, teacher.settings.finetune_steps, seed))
     save_torch(
         {
             "model": model.state_dict(),
@@ -318,7 +305,7 @@ def train(
     from pipeline.evaluate import evaluate
 
     metrics = evaluate(p, run, data)
-    log(f"test accuracy {metrics['test']['accuracy']:.2f}%")
+    log(f"test {task.headline} {metrics['test'][task.headline]:.2f}")
     if not keep_checkpoint:
         os.remove(ckpt_path)
     return out_dir

@@ -28,7 +28,8 @@ TOLERANCE = 0.02  # relative, absolute for values below 1: what fast numerics or
 IGNORED = {("provenance", "git")}  # the commit that made the file, not its result
 NOT_COMPARED = {"model_sha256", "provenance"}  # what differs by design without exact numerics
 LATER_RECORDS = {"detection"}  # metrics.json keys added since some committed runs were made
-ARCH_COST = ("mlp", "lenet", "preact_resnet", "wrn", "text_bert")  # cheapest per example first
+# cheapest per example first
+ARCH_COST = ("mlp", "lenet", "preact_resnet", "wrn", "text_bert", "fairseq")
 INPUTS = (
     "results/data/external",
     "results/data/torchvision",

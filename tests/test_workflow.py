@@ -205,6 +205,7 @@ def test_paper_profile_builds_the_same_dag(workdir):
         "cifar10",
         "cifar100",
         "svhn",
+        "iwslt14_de_en",
     } | glue
     assert_same_jobs(workdir, plan.dvc_yaml(p))
 

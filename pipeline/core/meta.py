@@ -38,6 +38,13 @@ def buffer_copies(model: nn.Module) -> Tensors:
     return {k: b.clone() for k, b in model.named_buffers()}
 
 
+def bound(model: nn.Module, params: Tensors):
+    """`model` as a function of its inputs at `params` (on fresh buffer copies), called like
+    the module itself."""
+    buffers = buffer_copies(model)
+    return lambda *args, **kwargs: functional_call(model, (params, buffers), args, kwargs)
+
+
 def loss_and_grad(
     model: nn.Module,
     params: Tensors,

@@ -37,9 +37,15 @@ class Student:
         self.state: State = {}  # the optimiser's (momentum or Adam's moments)
 
     def lr_at(self, step: int) -> float:
-        """Step decay: lr * gamma^k after the k-th milestone (fractions of total steps)."""
-        passed = sum(step >= round(m * self.total_steps) for m in self.schedule.milestones)
-        return self.schedule.lr * self.schedule.gamma**passed
+        """Step decay: lr * gamma^k after the k-th milestone (fractions of total steps); or
+        fairseq's inverse_sqrt: lr * sqrt(warmup / (step + 1)) after the warm-up. The first
+        `warmup_steps` steps rise linearly to lr (fairseq's warm-up from 0)."""
+        s, n = self.schedule, step + 1
+        if s.lr_decay == "inverse_sqrt":
+            return s.lr * min(n / s.warmup_steps, (s.warmup_steps / n) ** 0.5)
+        passed = sum(step >= round(m * self.total_steps) for m in s.milestones)
+        warm = min(1.0, n / s.warmup_steps) if s.warmup_steps else 1.0
+        return s.lr * s.gamma**passed * warm
 
     def rule(self) -> Rule:
         """The update rule of the coming step (its scheduled lr), for look-ahead steps."""

@@ -12,11 +12,13 @@ class RawDataset:
     """A whole labelled dataset in memory, as the prepare stage stores it.
 
     x: uint8 images [N, C, H, W], float32 features [N, D] (two moons), or int64 token ids
-        [N, L] padded with 0 (text).
-    y: int64 class indices [N].
+        [N, L] padded with 0 (text) or with <pad> (a translation's source sentences).
+    y: int64 class indices [N], or a translation's target token ids [N, L] (its vocabulary is
+        `classes`; pipeline/data/translation_sources.py).
     is_test: bool [N], True for the source's official test split (all False when it has none;
         the noise stage then carves a test split from a seed).
     ids: the user's example ids (a table's `id_column`), carried into examples.csv.
+    references: a translation's target sentences as text (what BLEU is scored against).
     """
 
     name: str
@@ -25,11 +27,14 @@ class RawDataset:
     is_test: torch.Tensor
     classes: list[str]
     ids: list[str] | None = None
+    references: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.y)
         if len(self.x) != n or len(self.is_test) != n or len(self.ids or self.y) != n:
             raise ValueError(f"{self.name}: x, y, is_test and ids differ in length")
+        if self.references is not None and len(self.references) != n:
+            raise ValueError(f"{self.name}: {len(self.references)} references for {n} pairs")
         if self.y.dtype != torch.int64 or self.is_test.dtype != torch.bool:
             raise ValueError(f"{self.name}: y must be int64 and is_test bool")
 
@@ -45,8 +50,17 @@ class RawDataset:
             "is_test": self.is_test,
             "classes": list(self.classes),
             **({"ids": list(self.ids)} if self.ids is not None else {}),
+            **({"references": list(self.references)} if self.references is not None else {}),
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> RawDataset:
-        return cls(d["name"], d["x"], d["y"], d["is_test"], list(d["classes"]), d.get("ids"))
+        return cls(
+            d["name"],
+            d["x"],
+            d["y"],
+            d["is_test"],
+            list(d["classes"]),
+            d.get("ids"),
+            d.get("references"),
+        )

@@ -19,6 +19,7 @@ from pipeline import plan
 from pipeline.config import DatasetSpec, Params
 from pipeline.data import RawDataset
 from pipeline.data.text_sources import TEXT_SOURCES
+from pipeline.data.translation_sources import TRANSLATION_SOURCES
 from pipeline.data.user_sources import USER_SOURCES
 from pipeline.io import save_torch
 
@@ -176,6 +177,7 @@ SOURCES = {
     "svhn": _torchvision("svhn"),
     "mnist": _torchvision("mnist"),
     **TEXT_SOURCES,
+    **TRANSLATION_SOURCES,
     **USER_SOURCES,
 }
 

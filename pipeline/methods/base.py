@@ -14,6 +14,7 @@ from pipeline.core.student import Student, first_bad
 from pipeline.examples import ExampleWeights
 from pipeline.methods.settings import MethodSettings
 from pipeline.task import TaskData
+from pipeline.task_kinds import Classification, Translation
 
 
 @dataclass
@@ -37,15 +38,31 @@ class Context:
     pretrained: dict[str, torch.nn.Module] = field(default_factory=dict)
     # each training example's weights over training, for examples.csv (reweighting methods)
     example_weights: ExampleWeights | None = None
+    # the kind of task (pipeline/task_kinds.py): how the student is called and its loss
+    task: Classification | Translation = field(default_factory=Classification)
 
 
 class Method:
     Settings = MethodSettings
     uses_unlabelled = False  # True: batches include unlabelled examples (label -1)
+    # the kinds of task (pipeline/task_kinds.py) the method is written for; settings.py's
+    # TASK_KINDS says the same for params.yaml's check
+    task_kinds = ("classification",)
 
     def __init__(self, settings, ctx: Context):
+        if ctx.task.name not in self.task_kinds:
+            raise ValueError(
+                f"{type(self).__name__} is written for {', '.join(self.task_kinds)} tasks, not "
+                f"{ctx.task.name}"
+            )
         self.settings = settings
         self.ctx = ctx
+
+    def losses(self, model, x: torch.Tensor, y: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The task's per-example training loss of `model` (a module, or functional_call
+        bound to parameters) on (x, y)."""
+        task = self.ctx.task
+        return task.losses(task.forward(model, x, y, **kwargs), y)
 
     @property
     def student(self) -> Student:

@@ -20,6 +20,10 @@ recovered from theta_K and v_K, Hessian-vector products by forward-over-reverse)
 teacher takes an Adam step. Kept per step: the minibatch, its learning rate, the surface
 scalars and the random state (dropout is replayed), never a copy of the parameters. By default
 dw/dtheta = 0 (the paper's stabilisation); `deeper: true` keeps that path (section 4.3).
+
+Translation (section 5, through pipeline/task_kinds.py): a weight per sentence pair; I0 is the
+decoder's last states averaged over the target tokens, I1 the encoder's output averaged over
+the source, L the pair's label-smoothed NLL; R is the validation NLL per target token.
 """
 
 from __future__ import annotations
@@ -30,9 +34,8 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
-from pipeline.core.meta import buffer_copies, params_of
+from pipeline.core.meta import bound, params_of
 from pipeline.core.unroll import Step, backward_through_steps, replayed_rng, rng_state
 from pipeline.methods.base import Batch, Method
 from pipeline.methods.l2rw import weight_by_noise
@@ -70,15 +73,9 @@ class Record:
     rng: dict = field(repr=False)
 
 
-def validation_loss(logits: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
-    """R = -M: the negative log-likelihood, or one minus the expected accuracy (Wu et al.)."""
-    if metric == "log_likelihood":
-        return F.cross_entropy(logits, y)
-    return 1 - logits.softmax(1).gather(1, y[:, None]).mean()
-
-
 class DIR(Method):
     Settings = DIRSettings
+    task_kinds = ("classification", "translation")  # translation: features I0, I1 and L
 
     SAMPLED_STEPS = 50  # batches kept for the weight figures (from half-way through training)
 
@@ -89,9 +86,9 @@ class DIR(Method):
             raise ValueError(
                 "dir runs momentum SGD backwards: optimizer sgd, momentum > 0, no Nesterov"
             )
-        model, x = ctx.student.model, ctx.data.train_x[:2]
+        model, x, y = ctx.student.model, ctx.data.train_x[:2], ctx.data.train_y[:2]
         with torch.no_grad():
-            _, features, maps = model(x, states=True)
+            _, features, maps = ctx.task.forward(model, x, y.clamp_min(0), states=True)
         levels = [features, *maps]
         deepest = max((int(f[1]) for f in settings.features if f[0] == "I"), default=0)
         if deepest >= len(levels):
@@ -127,7 +124,7 @@ class DIR(Method):
             elif name == "M0":
                 parts.append(F.one_hot(y, c).to(logits.dtype))
             elif name == "L":
-                parts.append(F.cross_entropy(logits, y, reduction="none")[:, None])
+                parts.append(self.ctx.task.losses(logits, y)[:, None])
             else:
                 p = logits.softmax(1)
                 p_y = p.gather(1, y[:, None])
@@ -143,8 +140,7 @@ class DIR(Method):
 
     def objective_terms(self, outputs, y, surface):
         """(weighted loss, weights, per-example losses) from one student forward's outputs."""
-        logits = outputs[0]
-        losses = F.cross_entropy(logits, y, reduction="none")
+        losses = self.ctx.task.losses(outputs[0], y)
         w = self.teacher(self.teacher_inputs(*outputs, y, surface))
         return (w * losses).sum(), w, losses
 
@@ -155,8 +151,8 @@ class DIR(Method):
 
         def objective(theta):
             with replayed_rng(record.rng):
-                outputs = functional_call(
-                    model, (theta, buffer_copies(model)), (record.x,), {"states": True}
+                outputs = self.ctx.task.forward(
+                    bound(model, theta), record.x, record.y, states=True
                 )
             return self.objective_terms(outputs, record.y, record.surface)[0]
 
@@ -174,7 +170,8 @@ class DIR(Method):
         record = Record(
             batch.x, batch.y, student.rule().lr, self.surface(), rng_state(batch.x.device)
         )
-        outputs = student.model(batch.x, states=True)  # the step's one batch-norm update
+        # the step's one batch-norm update
+        outputs = self.ctx.task.forward(student.model, batch.x, batch.y, states=True)
         loss, w, losses = self.objective_terms(outputs, batch.y, record.surface)
         if not torch.isfinite(loss):
             raise FloatingPointError("dir: non-finite weighted loss")
@@ -197,12 +194,12 @@ class DIR(Method):
         vx, vy = self.val_batch(self.settings.val_batch_size)
         theta = {k: p.detach().requires_grad_() for k, p in params_of(model).items()}
         with torch.enable_grad():
-            logits = functional_call(model, (theta, buffer_copies(model)), (vx,))
-            val_loss = validation_loss(logits, vy, self.settings.metric)
+            logits = self.ctx.task.forward(bound(model, theta), vx, vy)
+            val_loss = self.ctx.task.validation_loss(logits, vy, self.settings.metric)
             val_grad = dict(
                 zip(theta, torch.autograd.grad(val_loss, list(theta.values())), strict=True)
             )
-        self.best_val = max(self.best_val, float((logits.argmax(1) == vy).double().mean()))
+        self.best_val = max(self.best_val, self.ctx.task.batch_accuracy(logits, vy))
         rule = self.student.rule()
         steps = [self.replay(r) for r in self.records]
         teacher = list(self.teacher.parameters())
@@ -223,7 +220,7 @@ class DIR(Method):
             self.sample["weights"].append((w.detach() * len(w)).cpu())
             self.sample["noisy"].append(self.ctx.data.noise_mask[batch.index].cpu())
             self.sample["losses"].append(losses.detach().cpu())
-            self.sample["labels"].append(batch.y.cpu())
+            self.sample["labels"].append(self.ctx.task.sample_labels(batch.y).cpu())
 
     def state_dict(self) -> dict:
         return {

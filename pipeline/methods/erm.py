@@ -1,13 +1,15 @@
-"""ERM: the plain baseline, mean cross entropy on the observed labels."""
+"""ERM: the plain baseline, the mean of the task's loss on the observed labels (cross entropy;
+a translation's label-smoothed sentence NLL)."""
 
 from __future__ import annotations
 
-from pipeline.core.student import cross_entropy
 from pipeline.methods.base import Batch, Method
 
 
 class ERM(Method):
+    task_kinds = ("classification", "translation")
+
     def step(self, batch: Batch):
-        loss = cross_entropy(self.student.model(batch.x), batch.y).mean()
+        loss = self.losses(self.student.model, batch.x, batch.y).mean()
         self.student.update(loss)
         return {"loss": loss.detach()}

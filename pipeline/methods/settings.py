@@ -23,14 +23,21 @@ from pipeline.typed import (
 )
 
 DIR_FEATURES = ("I0", "I1", "I2", "I3", "M0", "M1", "L")  # the teacher inputs DIR knows
+# the kinds of task (pipeline/task_kinds.py) each method is written for beyond classification
+# (its class's `task_kinds` says the same; a test keeps them equal)
+TASK_KINDS = {"erm": ("classification", "translation"), "dir": ("classification", "translation")}
 
 
 @dataclass(frozen=True)
 class MethodSettings:
     """Options every method has. finetune_steps: after training, steps of plain cross entropy
-    on the clean validation split at the final learning rate (the papers' "+FT" rows)."""
+    on the clean validation split at the final learning rate (the papers' "+FT" rows).
+    start_from: a params.yaml `teachers` name of the student's own model, whose pretrained
+    weights the student starts from (fine-tuning a converged baseline, as the
+    deep-interactions paper's translation runs do)."""
 
     finetune_steps: NonNegativeInt = 0
+    start_from: str = ""
 
 
 def _require_teacher(where: str, teacher: str) -> None:
