@@ -19,6 +19,7 @@ input stays float64 (the float64 oracles), every other dtype as fairseq does it.
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -95,6 +96,7 @@ def fairseq_args(fairseq_arch: str, **options) -> argparse.Namespace:
         decoder_learned_pos=True,
         max_source_positions=positions,
         max_target_positions=positions,
+        criterion="label_smoothed_cross_entropy",  # read by the lstm's builder (not used)
     )
     for ours, value in options.items():
         for name in names[ours] if value is not None else ():
@@ -117,6 +119,11 @@ class Translator(nn.Module):
         for m in self.net.modules():
             if isinstance(m, MultiheadAttention):
                 m.skip_embed_dim_check = True  # fairseq's bmm/softmax path (see above)
+        if hasattr(self.net.encoder, "left_pad"):  # an LSTM: our batches are right-padded and
+            self.net.encoder.left_pad = False  # in no length order
+            self.net.encoder.forward = functools.partial(
+                self.net.encoder.forward, enforce_sorted=False
+            )
 
     @property
     def classifier(self) -> nn.Module:
@@ -130,7 +137,7 @@ class Translator(nn.Module):
         prev[:, 0] = EOS  # </s> first, the target shifted right
         lengths = (src != PAD).sum(1)
         encoder_out = self.net.encoder(src, src_lengths=lengths)
-        features, _ = self.net.decoder(prev, encoder_out=encoder_out, features_only=True)
+        features, _ = self.net.decoder.extract_features(prev, encoder_out=encoder_out)
         logits = self.net.decoder.output_layer(features)
         if not states:
             return logits

@@ -154,12 +154,13 @@ def translation_task(raw: RawDataset, noise: NoiseSpec, dtype=torch.float32) -> 
     )
 
 
-def tiny_translator(vocab: int, dtype=torch.float64, dropout=0.0):
+def tiny_translator(vocab: int, dtype=torch.float64, dropout=0.0, arch="transformer"):
     from pipeline.models import build_model
 
     torch.manual_seed(0)
-    options = dict(fairseq_arch="transformer", encoder_layers=1, decoder_layers=1, embed_dim=8,
-                   ffn_dim=16, heads=2, dropout=dropout, max_positions=64)  # fmt: skip
+    sizes = {"ffn_dim": 16, "heads": 2} if arch == "transformer" else {"hidden_dim": 8}
+    options = dict(fairseq_arch=arch, encoder_layers=1, decoder_layers=1, embed_dim=8,
+                   dropout=dropout, max_positions=64, **sizes)  # fmt: skip
     return build_model("fairseq", (0,), vocab, **options).to(dtype)
 
 
@@ -178,9 +179,12 @@ def test_sentence_loss_is_fairseqs_label_smoothed_criterion(tiny_translation):
         assert torch.allclose(ours[i], expected, rtol=1e-12)
 
 
-def test_padding_columns_and_float64_leave_the_output_unchanged(tiny_translation):
+@pytest.mark.parametrize("arch", ["transformer", "lstm"])
+def test_padding_columns_and_float64_leave_the_output_unchanged(tiny_translation, arch):
+    """Right padding, in no length order, for both fairseq families (the LSTM encoder's
+    left padding and sorted batches are switched off)."""
     d = tiny_translation
-    model = tiny_translator(len(d.classes)).eval()
+    model = tiny_translator(len(d.classes), arch=arch).eval()
     x, y = d.x[:4], d.y[:4]
     wide = (torch.cat([t, torch.full((4, 5), PAD)], 1) for t in (x, y))
     assert torch.equal(model(x, y), model(*wide))
@@ -189,14 +193,16 @@ def test_padding_columns_and_float64_leave_the_output_unchanged(tiny_translation
     assert features.shape == (4, 8) and encoder.shape == (4, 8)
 
 
-def test_dir_teacher_gradient_equals_unrolled_autograd_on_a_fairseq_student(tiny_translation):
-    """K = B = 2 real steps of momentum SGD on a float64 fairseq transformer (teacher reading
-    I0, I1 and L): the gradient DIR applies equals autograd through the steps replayed."""
+@pytest.mark.parametrize("arch", ["transformer", "lstm"])
+def test_dir_teacher_gradient_equals_unrolled_autograd_on_a_fairseq_student(tiny_translation, arch):
+    """K = B = 2 real steps of momentum SGD on a float64 fairseq transformer or LSTM (teacher
+    reading I0, I1 and L): the gradient DIR applies equals autograd through the steps
+    replayed."""
     data = translation_task(
         tiny_translation, NoiseSpec(kind="mask", rate=0.3, token_rate=0.3, val_size=20)
     )
     schedule = ScheduleSpec(epochs=1, batch_size=8, lr=0.5, momentum=0.9, weight_decay=1e-3)
-    model = tiny_translator(data.num_classes)
+    model = tiny_translator(data.num_classes, arch=arch)
     task = Translation(0.1)
     ctx = Context(Student(model, schedule, 100), data, schedule, generator("m", 0), task=task)
     settings = METHODS["dir"].Settings(interval=2, back=2, features=("I0", "I1", "L"))
