@@ -136,16 +136,12 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
         for _, r in summary.iterrows()
     }
     ours = list(dict.fromkeys(summary["method"]))
-    # A paper's number for a method kind (e.g. "dlf") goes on our one variant of that kind
-    # (e.g. dlf_t2, fewer teacher steps); with several variants each must be named.
-    kinds = {m: p.method_kind(m) for m in exp.methods}
-    sole = {k: m for m, k in kinds.items() if list(kinds.values()).count(k) == 1}
-    paper_key = {m: k for k, m in sole.items()}
+    key = paper_keys(p, experiment)
 
     def paper_value(paper: dict, row: str) -> str:
-        values = paper["values"]
-        return values.get(row, values.get(paper_key.get(row, row), "—"))
+        return paper["values"].get(key(row, paper), "—")
 
+    sole = {key(m, paper) for m in ours for paper in papers}
     theirs = [k for paper in papers for k in paper["values"] if k not in ours and k not in sole]
     header = ["method", *exp.noise, *(f"paper [{i + 1}]" for i in range(len(papers)))]
     lines = [
@@ -304,6 +300,19 @@ def verdict(ours: tuple[float, float], baseline: tuple[float, float]) -> str:
     return VERDICTS[1]
 
 
+def paper_keys(p: Params, experiment: str):
+    """key(row, paper): the name of our row in a paper's values: the row's own name, else
+    its method kind (e.g. "dlf") when the experiment has one variant of that kind (e.g.
+    dlf_t2, fewer teacher steps); with several variants each must be named."""
+    kinds = {m: p.method_kind(m) for m in p.experiments[experiment].methods}
+    sole = {m: k for m, k in kinds.items() if list(kinds.values()).count(k) == 1}
+
+    def key(row: str, paper: dict) -> str:
+        return row if row in paper["values"] else sole.get(row, row)
+
+    return key
+
+
 def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per claim of the active profile's experiments, from their summary tables."""
     reported = reported_numbers()
@@ -312,6 +321,7 @@ def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         metric = headline_of(p, name)
         cells = tables[name].set_index(["noise", "method"]) if exp.claims else None
         spread = unstable(tables[name], metric) if exp.claims else {}
+        key = paper_keys(p, name)
         for text in exp.claims:
             method, baseline, noise, named = parse_claim(text, exp.noise[0])
             ours, base = (cells.loc[(noise, m)] for m in (method, baseline))
@@ -320,7 +330,8 @@ def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                 (
                     reported[r]
                     for r in candidates
-                    if {method, baseline} <= set(reported[r]["values"])
+                    if {key(method, reported[r]), key(baseline, reported[r])}
+                    <= set(reported[r]["values"])
                 ),
                 None,
             )
@@ -336,8 +347,8 @@ def fidelity_rows(p: Params, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                         (base[f"{metric}_mean"], base[f"{metric}_ci95"]),
                     ),
                     "paper": paper["label"] if paper else "",
-                    "paper_ours": paper["values"][method] if paper else "",
-                    "paper_baseline": paper["values"][baseline] if paper else "",
+                    "paper_ours": paper["values"][key(method, paper)] if paper else "",
+                    "paper_baseline": paper["values"][key(baseline, paper)] if paper else "",
                 }
             )
     return pd.DataFrame(rows)

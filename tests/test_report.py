@@ -311,6 +311,24 @@ def test_fidelity_names_the_papers_entry_and_marks_unstable_rows(tiny_raw):
         parse(tiny_raw)
 
 
+def test_fidelity_maps_a_sole_variant_to_its_kinds_paper_value(tiny_raw):
+    """As the table does: l2rw_k (our one variant of l2rw) and erm_k (of erm) carry the
+    paper's l2rw and erm numbers."""
+    tiny_raw["methods"].update({"l2rw_k": {"method": "l2rw"}, "erm_k": {"method": "erm"}})
+    tiny_raw["experiments"]["tiny"].update(
+        methods=["erm_k", "l2rw_k"],
+        reported=["l2rw_t1_cifar10"],
+        claims=["l2rw_k > erm_k @ uniform40"],
+    )
+    p = parse(tiny_raw)
+    table = summary_of({"erm_k": (63.0, 1.0), "l2rw_k": (80.0, 1.0)})
+    (row,) = fidelity_rows(p, {"tiny": table}).itertuples()
+    assert (row.paper_ours, row.paper_baseline) == ("86.92 ± 0.19", "67.97 ± 0.62")
+    rows = markdown(p, "tiny", table).splitlines()
+    assert next(r for r in rows if r.startswith("| l2rw_k |")).endswith("| 86.92 ± 0.19 |")
+    assert not any(r.startswith("| l2rw (reported)") for r in rows)
+
+
 def test_the_val_chosen_row_is_named_by_the_variants_common_name(tiny_raw):
     experiment = tiny_raw["experiments"]["tiny"]
     for variants, row in (
