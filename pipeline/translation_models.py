@@ -248,13 +248,26 @@ def translate(model: Translator, src: torch.Tensor, beam: int, batch_size: int =
     return out
 
 
+def translations(model: Translator, src: torch.Tensor, symbols: list[str], beam: int) -> list:
+    """The sentences `model` translates `src` into (BPE undone)."""
+    return [target_text(ids, symbols) for ids in translate(model, src, beam)]
+
+
+def greedy_bleu(model: Translator, src: torch.Tensor, references: list[str], symbols) -> float:
+    """sacreBLEU of the greedy translations of `src` (what a teacher's state reads)."""
+    import sacrebleu
+
+    hypotheses = translations(model, src, symbols, beam=1)
+    return sacrebleu.metrics.BLEU().corpus_score(hypotheses, [references]).score
+
+
 def bleu_scores(model: Translator, data, split: str, beam: int) -> dict:
     """sacreBLEU (its signature kept), chrF and BLEU on lowercased text (beside the papers'
     tokenised multi-bleu numbers) of the `split`'s translations against its references."""
     import sacrebleu
 
     x = getattr(data, f"{split}_x")
-    hypotheses = [target_text(ids, data.class_names) for ids in translate(model, x, beam)]
+    hypotheses = translations(model, x, data.class_names, beam)
     references = getattr(data, f"{split}_references")
     bleu = sacrebleu.metrics.BLEU()
     score = bleu.corpus_score(hypotheses, [references])

@@ -313,3 +313,99 @@ def test_params_that_do_not_suit_a_translation_are_refused(tiny_raw, change, mes
     )
     with pytest.raises(ParamsError, match=message):
         parse(tiny_raw)
+
+
+def test_dlf_teacher_gradient_equals_unrolled_autograd_on_a_fairseq_student(tiny_translation):
+    """An episode of 4 momentum-SGD steps from the student's own (warm-start) weights under
+    the token loss -sum_r sigmoid(Phi_{y_r} log p(y_r)), Phi in R^|V| read from a BLEU state:
+    the teacher gradient DLF applies equals autograd through the steps, of one minus the dev
+    expected token accuracy (float64, segments of 2 recomputed)."""
+    data = translation_task(
+        tiny_translation, NoiseSpec(kind="mask", rate=0.3, token_rate=0.3, val_size=20)
+    )
+    schedule = ScheduleSpec(epochs=1, batch_size=8, lr=0.5, momentum=0.9, weight_decay=1e-3)
+    model = tiny_translator(data.num_classes)
+    task = Translation(0.1)
+    ctx = Context(Student(model, schedule, 100), data, schedule, generator("m", 0), task=task)
+    settings = METHODS["dlf"].Settings(
+        teacher_steps=1, episode_steps=4, state_every=2, segment=2, start_from="baseline"
+    )
+    method = METHODS["dlf"](settings, ctx)
+    assert method.teacher.W.shape == (data.num_classes, settings.keys)
+    torch.manual_seed(3)
+    for p in method.teacher.parameters():  # away from the start: every path active
+        p.data.add_(torch.randn_like(p) * 0.3)
+    start = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    theta0 = {k: p.detach().clone() for k, p in model.named_parameters()}
+    steps = []
+    replay = method.replay
+    method.replay = lambda m, index, s, rng: steps.append((index, s)) or replay(m, index, s, rng)
+    applied = []
+    method.optimizer.step = lambda: applied.append(
+        [p.grad.clone() for p in method.teacher.parameters()]
+    )
+    method.optimise_teacher()
+
+    method.teacher.load_state_dict(start)
+    theta, v = {k: t.requires_grad_() for k, t in theta0.items()}, {}
+    rule = SGDRule(0.5, 0.9, weight_decay=1e-3)
+    assert len(steps) == 4
+    for index, state in steps:
+        assert state.shape == (3,) and bool(((state >= 0) & (state <= 1)).all())
+        x, y = data.train_x[index], data.train_y[index]
+        logits = functional_call(model, theta, (x, y))
+        log_p = logits.log_softmax(-1).gather(-1, y[:, : logits.shape[1], None]).squeeze(-1)
+        phi = method.teacher(state)[y[:, : logits.shape[1]]]
+        keep = y[:, : logits.shape[1]] != PAD
+        loss = -(torch.sigmoid(phi * log_p) * keep).sum(1).mean()
+        names = list(theta)
+        g = torch.autograd.grad(loss, [theta[k] for k in names], create_graph=True)
+        theta, v = sgd_step(theta, dict(zip(names, g, strict=True)), v, rule)
+    logits = functional_call(model, theta, (data.val_x, data.val_y))
+    target = data.val_y[:, : logits.shape[1]]
+    p_y = logits.softmax(-1).gather(-1, target[..., None]).squeeze(-1)
+    measure = p_y[target != PAD].mean()
+    expected = torch.autograd.grad(1 - measure, list(method.teacher.parameters()))
+    for a, b in zip(applied[0], expected, strict=True):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-14)
+    assert method.history[0]["dev_expected_accuracy"] == pytest.approx(float(measure.detach()), abs=1e-6)
+    assert torch.equal(steps[0][1][1:], steps[1][1][1:])  # the BLEU part refreshes every 2
+
+
+def test_token_loss_at_unit_coefficients_is_the_sigmoid_of_each_tokens_log_likelihood():
+    from pipeline.methods.dlf import token_dynamic_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 7, dtype=torch.float64)
+    y = torch.tensor([[4, 5, EOS], [6, EOS, PAD]])
+    got = token_dynamic_loss(logits, y, torch.ones(7, dtype=torch.float64))
+    log_p = logits.log_softmax(-1)
+    expected = [
+        -sum(torch.sigmoid(log_p[0, r, y[0, r]]) for r in range(3)),
+        -sum(torch.sigmoid(log_p[1, r, y[1, r]]) for r in range(2)),
+    ]
+    assert torch.allclose(got, torch.stack(expected))
+
+
+def test_softmax_margin_raises_every_wrong_class_or_token_by_the_margin(tiny_translation):
+    """Classification: cross entropy on logits + m [k != y]; translation: the label-smoothed
+    sentence loss on the same cost-augmented logits; m = 0 gives the plain task loss."""
+    from pipeline.methods.loss_baselines import cost_augmented
+
+    torch.manual_seed(0)
+    logits, y = torch.randn(4, 3, dtype=torch.float64), torch.tensor([0, 2, 1, 1])
+    wrong = torch.ones(4, 3, dtype=torch.float64).scatter(1, y[:, None], 0.0)
+    assert torch.allclose(cost_augmented(logits, y, 0.5), logits + 0.5 * wrong)
+    d = tiny_translation
+    model = tiny_translator(len(d.classes))
+    x, ty = d.x[:4], d.y[:4]
+    out = model(x, ty)
+    task = Translation(0.1)
+    assert torch.equal(task.losses(cost_augmented(out, ty, 0.0), ty), task.losses(out, ty))
+    raised = cost_augmented(out, ty, 1.0)
+    target = ty[:, : out.shape[1]]
+    gap = raised - out
+    assert bool((gap.gather(-1, target[..., None]) == 0).all()) and float(gap.sum()) == (
+        out.numel() - target.numel()
+    )
+    assert bool((task.losses(raised, ty) > task.losses(out, ty)).all())

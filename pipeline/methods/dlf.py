@@ -21,6 +21,12 @@ teacher with the best dev measure is kept (chosen on dev). Then the test phase: 
 student trains from its own initialisation with that teacher, and is scored on the test
 split as every run is.
 The state is an input, not a path of the gradient (ds/dtheta = 0).
+
+Translation (section 4.2): Phi in R^|V| is the diagonal of the interaction, a sentence's loss
+-sum_r sigmoid(Phi_{y_r} log p(y_r)) over its target tokens, s_t = (t / T, train BLEU, dev BLEU)
+of greedy translations (train BLEU on a fixed sample of as many training pairs as the dev split
+has), and the smoothed dev measure the expected token accuracy, teacher-forced. With
+`start_from` every episode starts from the pretrained baseline (the paper's warm-start model).
 """
 
 from __future__ import annotations
@@ -28,10 +34,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
-from pipeline.core.meta import buffer_copies, params_of
-from pipeline.core.student import Student, accuracy, cross_entropy, predict
+from pipeline.core.meta import bound, params_of
+from pipeline.core.student import Student, predict
 from pipeline.core.unroll import (
     Step,
     backward_by_segments,
@@ -39,6 +44,7 @@ from pipeline.core.unroll import (
     rng_state,
     segment_length,
 )
+from pipeline.data.translation_sources import PAD
 from pipeline.io import log
 from pipeline.methods.base import Batch, Method
 from pipeline.methods.settings import DLFSettings
@@ -47,16 +53,17 @@ from pipeline.noise import generator
 
 
 class LossTeacher(nn.Module):
-    """Phi = W softmax(V s), W in R^{C x C x N}, V in R^{N x |s|}. Every key starts near the
-    identity, so the first loss is close to -sigmoid(log p_y); the keys differ by `spread`
-    (Gaussian), because with equal keys Phi does not depend on V, the gradient on V is 0 and
-    Adam keeps the keys equal: Phi could never change along training."""
+    """Phi = W softmax(V s), W in R^{shape x N}, V in R^{N x |s|} (shape C x C, or |V| for a
+    translation). Every key starts near the identity, so the first loss is close to
+    -sigmoid(log p_y); the keys differ by `spread` (Gaussian), because with equal keys Phi does
+    not depend on V, the gradient on V is 0 and Adam keeps the keys equal: Phi could never
+    change along training."""
 
-    def __init__(self, classes: int, state_dim: int, keys: int, spread: float = 0.1):
+    def __init__(self, identity: torch.Tensor, state_dim: int, keys: int, spread: float = 0.1):
         super().__init__()
         self.V = nn.Parameter(torch.randn(keys, state_dim) * 0.1)
-        identity = torch.eye(classes)[:, :, None].repeat(1, 1, keys)
-        self.W = nn.Parameter(identity + spread * torch.randn(classes, classes, keys))
+        start = identity[..., None].repeat(*[1] * identity.dim(), keys)
+        self.W = nn.Parameter(start + spread * torch.randn(*identity.shape, keys))
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.W @ torch.softmax(self.V @ state, 0)
@@ -106,25 +113,140 @@ class StateTracker:
         self.correct += float((logits.argmax(1) == y).sum())
         self.seen += len(y)
 
+    def state_dict(self) -> tuple:
+        return self.dev, self.correct, self.seen
+
+    def load_state_dict(self, state: tuple) -> None:
+        dev, self.correct, self.seen = state
+        self.dev = dev.to(self.dev.device)
+
+
+def token_dynamic_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    """Per sentence: -sum_r sigmoid(Phi_{y_r} log p(y_r)) over its target tokens."""
+    y = y[:, : logits.shape[1]]
+    log_p = logits.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return -torch.sigmoid(phi[y] * log_p).masked_fill(y == PAD, 0).sum(1)
+
+
+def expected_token_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The smoothed token accuracy: the mean probability of each target token, teacher-forced."""
+    y = y[:, : logits.shape[1]]
+    keep = (y != PAD).to(logits.dtype)
+    p_y = logits.softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return (p_y * keep).sum() / keep.sum()
+
+
+class BleuTracker:
+    """A translation student's state s_t = (t / T, train BLEU, dev BLEU), BLEU / 100 of greedy
+    translations, refreshed every `every` steps; train BLEU on the pairs `sample` indexes."""
+
+    def __init__(self, data, total_steps: int, every: int, sample: torch.Tensor):
+        from pipeline.translation_models import target_text
+
+        self.data, self.total, self.every = data, total_steps, every
+        self.src = data.train_x[sample]
+        self.references = [target_text(row, data.class_names) for row in data.train_y[sample]]
+        self.dev = torch.zeros(2, dtype=torch.float64)
+
+    def refresh(self, model: nn.Module) -> None:
+        from pipeline.translation_models import greedy_bleu
+
+        data = self.data
+        train = greedy_bleu(model, self.src, self.references, data.class_names)
+        dev = greedy_bleu(model, data.val_x, data.val_references, data.class_names)
+        self.dev = torch.tensor([train, dev], dtype=torch.float64) / 100
+
+    def state(self, model: nn.Module, step: int) -> torch.Tensor:
+        if step % self.every == 0:
+            self.refresh(model)
+        head = torch.tensor([step / self.total], dtype=torch.float64)
+        dtype = model.classifier.weight.dtype
+        return torch.cat([head, self.dev]).to(model.classifier.weight.device, dtype)
+
+    def observe(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Train BLEU is measured at refresh, not from the batches."""
+
+    def state_dict(self) -> torch.Tensor:
+        return self.dev
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.dev = state
+
+
+class ClassificationLoss:
+    """Phi in R^{C x C}; the state's dev part is accuracy and per-class precision."""
+
+    losses = staticmethod(dynamic_loss)
+    measure = staticmethod(expected_accuracy)
+
+    def __init__(self, data, run_seed: int):
+        self.data = data
+
+    def identity(self) -> torch.Tensor:
+        return torch.eye(self.data.num_classes)
+
+    def state_dim(self) -> int:
+        return 3 + self.data.num_classes
+
+    def tracker(self, total_steps: int, every: int) -> StateTracker:
+        return StateTracker(self.data, total_steps, every)
+
+    def diagonal(self, phi: torch.Tensor) -> torch.Tensor:
+        return phi.diagonal()
+
+
+class TranslationLoss:
+    """Phi in R^|V|, the diagonal of the token interaction (section 4.2); a BLEU state."""
+
+    losses = staticmethod(token_dynamic_loss)
+    measure = staticmethod(expected_token_accuracy)
+
+    def __init__(self, data, run_seed: int):
+        self.data = data
+        g = generator("dlf-train-sample", run_seed)
+        pairs = min(len(data.val_y), len(data.train_y))
+        self.sample = torch.randperm(len(data.train_y), generator=g)[:pairs]
+
+    def identity(self) -> torch.Tensor:
+        return torch.ones(self.data.num_classes)
+
+    def state_dim(self) -> int:
+        return 3
+
+    def tracker(self, total_steps: int, every: int) -> BleuTracker:
+        return BleuTracker(self.data, total_steps, every, self.sample.to(self.data.train_y.device))
+
+    def diagonal(self, phi: torch.Tensor) -> torch.Tensor:
+        return phi
+
+
+LOSS_FAMILIES = {"classification": ClassificationLoss, "translation": TranslationLoss}
+
 
 class DLF(Method):
     Settings = DLFSettings
+    task_kinds = ("classification", "translation")
 
     SNAPSHOTS = (1 / 3, 2 / 3, 1.0)  # fractions of training at which Phi_t is kept (Figure 4)
 
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)
-        c = ctx.data.num_classes
+        self.run_seed = ctx.generator.initial_seed()  # episodes follow from the run's seed
+        self.family = LOSS_FAMILIES[ctx.task.name](ctx.data, self.run_seed)
         param = ctx.student.model.classifier.weight
-        self.teacher = LossTeacher(c, 3 + c, settings.keys, settings.key_spread)
+        self.teacher = LossTeacher(
+            self.family.identity(), self.family.state_dim(), settings.keys, settings.key_spread
+        )
         self.teacher.to(param.device, param.dtype)
         self.optimizer = torch.optim.Adam(self.teacher.parameters(), lr=settings.teacher_lr)
-        self.tracker = StateTracker(ctx.data, ctx.student.total_steps, settings.state_every)
+        self.tracker = self.family.tracker(ctx.student.total_steps, settings.state_every)
+        # with start_from, every episode's student starts from the pretrained baseline
+        model = ctx.student.model
+        self.start = copies(model.state_dict()) if settings.start_from else None
         self.trained = False
         self.history: list[dict] = []  # the dev measure along teacher optimisation (Figure 3)
         self.best: dict = {"measure": -1.0}  # the teacher with the best dev measure so far
         self.snapshots: list[dict] = []
-        self.run_seed = ctx.generator.initial_seed()  # episodes follow from the run's seed
 
     # ---- teacher optimisation ----
 
@@ -134,11 +256,14 @@ class DLF(Method):
         s, data = self.settings, self.ctx.data
         seed = generator("dlf-episode", self.run_seed, k).initial_seed()
         model = fresh_copy(self.student.model, seed)
+        if self.start is not None:
+            model.load_state_dict(self.start)
+        task, family = self.ctx.task, self.family
         length = s.episode_steps or self.student.total_steps
         if s.warm_start >= length:
             raise ValueError(f"dlf: warm_start {s.warm_start} leaves none of {length} steps")
         student = Student(model, self.ctx.schedule, length)
-        tracker = StateTracker(data, length, s.state_every)
+        tracker = family.tracker(length, s.state_every)
         every = segment_length(length - s.warm_start, s.segment)
         g = generator("dlf-batches", self.run_seed, k)
         size = self.ctx.schedule.batch_size
@@ -152,20 +277,20 @@ class DLF(Method):
             rng = rng_state(x.device)
             if t >= s.warm_start and (t - s.warm_start) % every == 0:
                 checkpoints.append((copies(params_of(model)), copies(student.state)))
-            logits = model(x)
+            logits = task.forward(model, x, y)
             tracker.observe(logits, y)
             if t < s.warm_start:
-                student.update(cross_entropy(logits, y).mean())
+                student.update(task.losses(logits, y).mean())
                 continue
             with torch.no_grad():
                 phi = self.teacher(state)
             lr = student.rule().lr
-            student.update(dynamic_loss(logits, y, phi).mean())
+            student.update(family.losses(logits, y, phi).mean())
             steps.append(Step(lr, self.replay(model, index, state, rng)))
         theta = {n: p.detach().requires_grad_() for n, p in params_of(model).items()}
         with torch.enable_grad():
-            logits = functional_call(model, (theta, buffer_copies(model)), (data.val_x,))
-            measure = expected_accuracy(logits, data.val_y)
+            logits = task.forward(bound(model, theta), data.val_x, data.val_y)
+            measure = family.measure(logits, data.val_y)
             val_grad = torch.autograd.grad(1 - measure, list(theta.values()))
         self.keep_if_best(float(measure.detach()), k)
         grads = backward_by_segments(
@@ -182,7 +307,7 @@ class DLF(Method):
         return {
             "teacher_step": k + 1,
             "dev_expected_accuracy": round(float(measure.detach()), 6),
-            "dev_accuracy": round(accuracy(logits, data.val_y), 6),
+            "dev_accuracy": round(task.batch_accuracy(logits, data.val_y), 6),
         }
 
     def keep_if_best(self, measure: float, k: int) -> None:
@@ -203,8 +328,8 @@ class DLF(Method):
         def objective(theta):
             x, y = data.train_x[index], data.train_y[index]
             with replayed_rng(rng):
-                logits = functional_call(model, (theta, buffer_copies(model)), (x,))
-            return dynamic_loss(logits, y, self.teacher(state)).mean()
+                logits = self.ctx.task.forward(bound(model, theta), x, y)
+            return self.family.losses(logits, y, self.teacher(state)).mean()
 
         return objective
 
@@ -229,18 +354,18 @@ class DLF(Method):
             self.optimise_teacher()
         student = self.student
         state = self.tracker.state(student.model, student.step_count)
-        logits = student.model(batch.x)
+        logits = self.ctx.task.forward(student.model, batch.x, batch.y)
         self.tracker.observe(logits, batch.y)
         if student.step_count < self.settings.warm_start:
-            loss = cross_entropy(logits, batch.y).mean()
+            loss = self.ctx.task.losses(logits, batch.y).mean()
             student.update(loss)
             return {"loss": loss.detach()}
         with torch.no_grad():
             phi = self.teacher(state)
-        loss = dynamic_loss(logits, batch.y, phi).mean()
+        loss = self.family.losses(logits, batch.y, phi).mean()
         student.update(loss)
         self.keep_snapshot(phi)
-        return {"loss": loss.detach(), "phi_diag": phi.diagonal().mean()}
+        return {"loss": loss.detach(), "phi_diag": self.family.diagonal(phi).mean()}
 
     def keep_snapshot(self, phi: torch.Tensor) -> None:
         total = self.student.total_steps
@@ -256,7 +381,7 @@ class DLF(Method):
             "optimizer": self.optimizer.state_dict(),
             "trained": self.trained,
             "best": self.best,
-            "tracker": (self.tracker.dev, self.tracker.correct, self.tracker.seen),
+            "tracker": self.tracker.state_dict(),
             "metrics": {"teacher_history": self.history, "loss_coefficients": self.snapshots},
         }
 
@@ -265,7 +390,6 @@ class DLF(Method):
         self.optimizer.load_state_dict(state["optimizer"])
         self.trained = state["trained"]
         self.best = state["best"]
-        dev, self.tracker.correct, self.tracker.seen = state["tracker"]
-        self.tracker.dev = dev.to(self.tracker.dev.device)
+        self.tracker.load_state_dict(state["tracker"])
         self.history = state["metrics"]["teacher_history"]
         self.snapshots = state["metrics"]["loss_coefficients"]

@@ -10,6 +10,11 @@ large_margin: the large-margin softmax (Liu et al. 2016): the target logit ||w_y
     blended as (beta W_y x + ||w_y|| ||x|| psi(t)) / (1 + beta) with beta annealed from
     `beta_start` by `beta_decay` per step down to `beta_min`, as in the authors' code. It acts
     on the student's last layer (its bias kept on every logit); prediction uses the plain logits.
+softmax_margin: the softmax-margin loss (Gimpel & Smith 2010), the translation baseline of the
+    DLF paper's Table 3 (after Edunov et al. 2018): the task's own loss on logits raised by
+    `margin` on every wrong class or token, a Hamming cost, so the target must win by the
+    margin. Token-level: Edunov et al.'s sequence-level version scores beam-search candidates
+    with a 1 - BLEU cost, which needs a beam search at every training step.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.methods.base import Batch, Method
-from pipeline.methods.settings import LargeMarginSettings, Smooth01Settings
+from pipeline.methods.settings import (
+    LargeMarginSettings,
+    Smooth01Settings,
+    SoftmaxMarginSettings,
+)
 
 
 class Smooth01(Method):
@@ -65,3 +74,22 @@ class LargeMargin(Method):
         loss = F.cross_entropy(logits, batch.y)
         self.student.update(loss)
         return {"loss": loss.detach(), "beta": torch.tensor(beta)}
+
+
+def cost_augmented(logits: torch.Tensor, y: torch.Tensor, margin: float) -> torch.Tensor:
+    """Logits plus `margin` on every class but the target (a translation's targets trimmed
+    to the logits' length, as its loss does)."""
+    target = y[:, : logits.shape[1]] if y.dim() == 2 else y
+    return logits + margin * (1 - F.one_hot(target, logits.shape[-1]).to(logits.dtype))
+
+
+class SoftmaxMargin(Method):
+    Settings = SoftmaxMarginSettings
+    task_kinds = ("classification", "translation")
+
+    def step(self, batch: Batch):
+        task = self.ctx.task
+        logits = task.forward(self.student.model, batch.x, batch.y)
+        loss = task.losses(cost_augmented(logits, batch.y, self.settings.margin), batch.y).mean()
+        self.student.update(loss)
+        return {"loss": loss.detach()}

@@ -16,7 +16,7 @@ from pipeline.methods.l2rw_baselines import (
     RandomWeights,
     Resample,
 )
-from pipeline.methods.loss_baselines import LargeMargin, Smooth01
+from pipeline.methods.loss_baselines import LargeMargin, Smooth01, SoftmaxMargin
 from pipeline.methods.mpl import MetaPseudoLabels
 from pipeline.methods.mwn import MetaWeightNet
 from pipeline.methods.reduced_mpl import NoisyStudent, ReducedMPL
@@ -40,6 +40,7 @@ METHODS = {
     "dlf": DLF,
     "smooth_01": Smooth01,
     "large_margin": LargeMargin,
+    "softmax_margin": SoftmaxMargin,
     "mpl": MetaPseudoLabels,
     "pseudo_label": PseudoLabel,
     "uda": UDA,

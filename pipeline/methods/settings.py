@@ -25,7 +25,12 @@ from pipeline.typed import (
 DIR_FEATURES = ("I0", "I1", "I2", "I3", "M0", "M1", "L")  # the teacher inputs DIR knows
 # the kinds of task (pipeline/task_kinds.py) each method is written for beyond classification
 # (its class's `task_kinds` says the same; a test keeps them equal)
-TASK_KINDS = {"erm": ("classification", "translation"), "dir": ("classification", "translation")}
+TASK_KINDS = {
+    "erm": ("classification", "translation"),
+    "dir": ("classification", "translation"),
+    "dlf": ("classification", "translation"),
+    "softmax_margin": ("classification", "translation"),
+}
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,11 @@ class DLFSettings(MethodSettings):
 @dataclass(frozen=True)
 class Smooth01Settings(MethodSettings):
     sharpness: Positive = 50.0  # K
+
+
+@dataclass(frozen=True)
+class SoftmaxMarginSettings(MethodSettings):
+    margin: Positive = 1.0  # the cost of a wrong class or token
 
 
 @dataclass(frozen=True)
@@ -264,6 +274,7 @@ SETTINGS: dict[str, type] = {  # the names of params.yaml's `method:`; registry.
     "dlf": DLFSettings,
     "smooth_01": Smooth01Settings,
     "large_margin": LargeMarginSettings,
+    "softmax_margin": SoftmaxMarginSettings,
     "mpl": MPLSettings,
     "pseudo_label": PseudoLabelSettings,
     "uda": UDASettings,
