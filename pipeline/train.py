@@ -224,8 +224,34 @@ def train(
         history, best, start_epoch = state["history"], state["best"], state["epoch"]
         log(f"resuming {out_dir} from epoch {start_epoch}")
 
+    def save_checkpoint(epochs_done: int) -> None:
+        save_torch(
+            {
+                "student": student.state_dict(),
+                "method": teacher.state_dict(),
+                "generator": ctx.generator.get_state(),
+                "example_weights": ctx.example_weights.state_dict(),
+                "rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
+                "history": history,
+                "best": best,
+                "epoch": epochs_done,
+                "fingerprint": made_with,
+            },
+            ckpt_path,
+        )
+
+    def restart_point(epoch: int, steps_before: int):
+        def save() -> None:
+            if student.step_count != steps_before:
+                raise RuntimeError("a mid-epoch checkpoint after the student stepped")
+            save_checkpoint(epoch)
+
+        return save
+
     progress = Progress(f"train {run.name} step", student.total_steps)
     for epoch in range(start_epoch, schedule.epochs):
+        ctx.checkpoint = restart_point(epoch, student.step_count)
         started = time.monotonic()
         model.train()
         sums: dict[str, torch.Tensor] = {}
@@ -256,21 +282,7 @@ def train(
                 "epoch": epoch + 1,
                 "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
             }
-        save_torch(
-            {
-                "student": student.state_dict(),
-                "method": teacher.state_dict(),
-                "generator": ctx.generator.get_state(),
-                "example_weights": ctx.example_weights.state_dict(),
-                "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-                "history": history,
-                "best": best,
-                "epoch": epoch + 1,
-                "fingerprint": made_with,
-            },
-            ckpt_path,
-        )
+        save_checkpoint(epoch + 1)
         progress.update(
             student.step_count,
             " ".join(f"{k}={v}" for k, v in record.items() if k not in ("epoch", "seconds")),

@@ -53,6 +53,43 @@ def test_interrupted_run_resumes_to_the_same_weights(prepared, method):
     assert Path(run.file("history.json")).read_text() == history
 
 
+def test_a_run_killed_during_dlfs_teacher_optimisation_resumes_at_its_next_step(
+    prepared, monkeypatch
+):
+    """DLF's teacher steps come before the student's first; each ends with a checkpoint, and
+    the resumed run ends with the weights, teacher and history of one never killed."""
+    from pipeline.methods.dlf import DLF
+
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["methods"]["dlf"] = {"teacher_steps": 3, "episode_steps": 4, "state_every": 2}
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params, run = load("params.yaml"), dataclasses.replace(RUN, method="dlf")
+    train(params, run)
+    saved, history = load_torch(run.file("model.pt")), Path(run.file("history.json")).read_text()
+    Path(run.file("model.pt")).unlink()
+
+    episode, done = DLF.episode, []
+
+    def killed_at_the_third(self, k):
+        if k == 2:
+            raise KeyboardInterrupt
+        done.append(k)
+        return episode(self, k)
+
+    monkeypatch.setattr(DLF, "episode", killed_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, run)
+    state = load_torch(run.checkpoint)
+    assert state["epoch"] == 0 and len(state["method"]["metrics"]["teacher_history"]) == 2
+    monkeypatch.setattr(DLF, "episode", lambda self, k: done.append(k) or episode(self, k))
+    train(params, run)
+    assert done == [0, 1, 2]  # the resumed run did only the third step
+    resumed = load_torch(run.file("model.pt"))
+    for key in ("model", "method"):
+        assert_same_tensors(saved[key], resumed[key])
+    assert Path(run.file("history.json")).read_text() == history
+
+
 def test_the_saved_model_keeps_the_teacher_not_its_optimiser(prepared):
     run = dataclasses.replace(RUN, method="mwn")
     train(with_method("mwn"), run)
@@ -75,6 +112,10 @@ def assert_same_tensors(a, b) -> None:
         assert a.keys() == b.keys()
         for key in a:
             assert_same_tensors(a[key], b[key])
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            assert_same_tensors(x, y)
     else:
         assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 

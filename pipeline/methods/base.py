@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,10 @@ class Context:
     example_weights: ExampleWeights | None = None
     # the kind of task (pipeline/task_kinds.py): how the student is called and its loss
     task: Classification | Translation = field(default_factory=Classification)
+    # saves a checkpoint from which the current epoch restarts, with the method's state as it
+    # is now: for a method's long work before the student's first step of an epoch (DLF's
+    # teacher optimisation), so that a killed run resumes from there; None outside a run
+    checkpoint: Callable[[], None] | None = None
 
 
 class Method:

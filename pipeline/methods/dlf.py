@@ -19,7 +19,7 @@ sets the loss of the rest, so the teacher learns from, and then teaches, a CE-pr
 student, as the demo does; reverse mode then runs through the T - W teacher-set steps. The
 teacher with the best dev measure is kept (chosen on dev). Then the test phase: the run's
 student trains from its own initialisation with that teacher, and is scored on the test
-split as every run is.
+split as every run is. A killed run resumes after its last finished teacher step.
 The state is an input, not a path of the gradient (ds/dtheta = 0).
 
 Translation (section 4.2): Phi in R^|V| is the diagonal of the interaction, a sentence's loss
@@ -335,7 +335,8 @@ class DLF(Method):
 
     def optimise_teacher(self) -> None:
         """The teacher steps, then the test phase's teacher: the one whose episode had the
-        best dev measure (the last update's result is never measured)."""
+        best dev measure (the last update's result is never measured). A checkpoint after
+        each step: a killed run resumes at the next one."""
         for k in range(len(self.history), self.settings.teacher_steps):
             self.history.append(self.episode(k))
             h = self.history[-1]
@@ -343,6 +344,8 @@ class DLF(Method):
                 f"dlf teacher step {k + 1}/{self.settings.teacher_steps}: dev expected accuracy "
                 f"{h['dev_expected_accuracy']:.4f}, dev accuracy {h['dev_accuracy']:.4f}"
             )
+            if self.ctx.checkpoint is not None:
+                self.ctx.checkpoint()
         self.teacher.load_state_dict(self.best["teacher"])
         log(f"dlf: the teacher of step {self.best['step'] + 1} (best dev measure) is kept")
         self.trained = True
