@@ -481,7 +481,8 @@ def _weight_scatter(ax, pts: dict) -> None:
 
 def _loss_teacher_figure(teachers: dict, path: str) -> None:
     """L2T-DLF Figure 3 (the dev measure along teacher optimisation, one line per seed) and
-    Figure 4 (the loss coefficients Phi_t of the first seed at three points of training)."""
+    Figure 4 (the loss coefficients Phi_t of the first seed at three points of training; a
+    translation's, one per target token, as a histogram)."""
     import matplotlib.pyplot as plt
 
     (noise, method), records = next(iter(teachers.items()))
@@ -494,10 +495,16 @@ def _loss_teacher_figure(teachers: dict, path: str) -> None:
     axes[0].set(xlabel="teacher optimisation step", ylabel="dev expected accuracy")
     axes[0].set_title(f"{method}, {noise}: dev measure", fontsize=9)
     axes[0].legend(fontsize=7)
-    bound = max(abs(v) for snap in snapshots for row in snap["phi"] for v in row) or 1.0
-    for ax, snap in zip(axes[1:], snapshots, strict=True):
-        image = ax.imshow(snap["phi"], cmap="coolwarm", vmin=-bound, vmax=bound)
-        ax.set(xlabel="class j", ylabel="class i (label)")
-        ax.set_title(f"Phi_t(i, j) at step {snap['step']}", fontsize=9)
-    fig.colorbar(image, ax=list(axes[1:]), shrink=0.8)
+    if isinstance(snapshots[0]["phi"][0], list):  # C x C coefficients: a heat map each
+        bound = max(abs(v) for snap in snapshots for row in snap["phi"] for v in row) or 1.0
+        for ax, snap in zip(axes[1:], snapshots, strict=True):
+            image = ax.imshow(snap["phi"], cmap="coolwarm", vmin=-bound, vmax=bound)
+            ax.set(xlabel="class j", ylabel="class i (label)")
+            ax.set_title(f"Phi_t(i, j) at step {snap['step']}", fontsize=9)
+        fig.colorbar(image, ax=list(axes[1:]), shrink=0.8)
+    else:  # one coefficient per target token (a translation): their distribution
+        for ax, snap in zip(axes[1:], snapshots, strict=True):
+            ax.hist(snap["phi"], bins=50, log=True)
+            ax.set(xlabel="Phi_t(v)", ylabel="target tokens v")
+            ax.set_title(f"Phi_t over the vocabulary at step {snap['step']}", fontsize=9)
     save_figure(fig, path)

@@ -172,7 +172,9 @@ def test_weights_figure_histograms_sum_the_seeds(workdir, tiny_raw):
     assert (workdir / plan.weights_figure_path("tiny")).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_loss_teacher_figure_from_recorded_history(workdir, tiny_raw):
+@pytest.mark.parametrize("phi", [[[1.0, -0.5], [0.2, 1.0]], [1.0, 2.9, 1.2, 0.8]])
+def test_loss_teacher_figure_from_recorded_history(workdir, tiny_raw, phi):
+    """Classes x classes coefficients, or one per target token (a translation)."""
     from pipeline import plan
     from pipeline.io import write_json
     from pipeline.report import teacher_records, weights_figure
@@ -180,7 +182,6 @@ def test_loss_teacher_figure_from_recorded_history(workdir, tiny_raw):
     tiny_raw["experiments"]["tiny"]["weights_figure"] = True
     p = parse(tiny_raw)
     history = [{"teacher_step": k, "dev_expected_accuracy": 0.5 + k / 10} for k in (1, 2, 3)]
-    phi = [[1.0, -0.5], [0.2, 1.0]]
     snaps = [{"step": s, "phi": phi} for s in (10, 20, 30)]
     for run in plan.runs(p, "tiny"):
         teacher = {"teacher_history": history, "loss_coefficients": snaps}
