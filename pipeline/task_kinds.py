@@ -4,8 +4,9 @@
 - `forward(model, x, y)`: the student's output on a batch (a classifier reads x; a translation
   model reads the source and, teacher-forced, the target);
 - `losses(output, y)`: the per-example training loss every method weights, targets or reshapes;
-- `validation_loss(output, y, metric)` and `batch_accuracy(output, y)`: what a teacher reads of
-  the student on a validation batch (its meta-objective R, and a score of the batch);
+- `validation_loss(output, y, metric)`, `expected_accuracy(output, y)` and
+  `batch_accuracy(output, y)`: what a teacher reads of the student on a validation batch (its
+  meta-objective R, the smoothed accuracy it may be made of, and a score of the batch);
 - `validation_figures(model, data, method)`: the history's validation record during training,
   whose `validation_key` picks the best-on-validation epoch (higher is better);
 - `scores(model, data, split)`: the metrics of the evaluate stage; `headline` is the one the
@@ -65,7 +66,11 @@ class Classification:
         """R = -M: the negative log-likelihood, or one minus the expected accuracy (Wu et al.)."""
         if metric == "log_likelihood":
             return F.cross_entropy(output, y)
-        return 1 - output.softmax(1).gather(1, y[:, None]).mean()
+        return 1 - self.expected_accuracy(output, y)
+
+    def expected_accuracy(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The smoothed 0-1 accuracy: the mean probability of the true class."""
+        return output.softmax(1).gather(1, y[:, None]).mean()
 
     def batch_accuracy(self, output: torch.Tensor, y: torch.Tensor) -> float:
         return float((output.argmax(1) == y).double().mean())
@@ -158,12 +163,20 @@ class Translation:
 
     def validation_loss(self, output: torch.Tensor, y: torch.Tensor, metric: str) -> torch.Tensor:
         """Per target token: the NLL, or one minus the expected token accuracy."""
+        if metric != "log_likelihood":
+            return 1 - self.expected_accuracy(output, y)
         y = y[:, : output.shape[1]]
         keep = (y != PAD).to(output.dtype)
-        p_y = output.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        if metric == "log_likelihood":
-            return -(p_y * keep).sum() / keep.sum()
-        return 1 - (p_y.exp() * keep).sum() / keep.sum()
+        log_p = output.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        return -(log_p * keep).sum() / keep.sum()
+
+    def expected_accuracy(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The smoothed token accuracy: the mean probability of each target token,
+        teacher-forced."""
+        y = y[:, : output.shape[1]]
+        keep = (y != PAD).to(output.dtype)
+        p_y = output.softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        return (p_y * keep).sum() / keep.sum()
 
     def batch_accuracy(self, output: torch.Tensor, y: torch.Tensor) -> float:
         """Teacher-forced token accuracy."""

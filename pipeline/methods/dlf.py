@@ -78,11 +78,6 @@ def dynamic_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> to
     return -torch.sigmoid((phi[y] * F.log_softmax(logits, 1)).sum(1))
 
 
-def expected_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The smoothed 0-1 accuracy: the mean probability of the true class."""
-    return logits.softmax(1).gather(1, y[:, None]).mean()
-
-
 class StateTracker:
     """The student's state s_t, its dev part refreshed every `every` steps."""
 
@@ -128,14 +123,6 @@ def token_dynamic_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor)
     return -torch.sigmoid(phi[y] * log_p).masked_fill(y == PAD, 0).sum(1)
 
 
-def expected_token_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The smoothed token accuracy: the mean probability of each target token, teacher-forced."""
-    y = y[:, : logits.shape[1]]
-    keep = (y != PAD).to(logits.dtype)
-    p_y = logits.softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    return (p_y * keep).sum() / keep.sum()
-
-
 class BleuTracker:
     """A translation student's state s_t = (t / T, train BLEU, dev BLEU), BLEU / 100 of greedy
     translations, refreshed every `every` steps; train BLEU on the pairs `sample` indexes."""
@@ -177,7 +164,6 @@ class ClassificationLoss:
     """Phi in R^{C x C}; the state's dev part is accuracy and per-class precision."""
 
     losses = staticmethod(dynamic_loss)
-    measure = staticmethod(expected_accuracy)
 
     def __init__(self, data, run_seed: int):
         self.data = data
@@ -199,7 +185,6 @@ class TranslationLoss:
     """Phi in R^|V|, the diagonal of the token interaction (section 4.2); a BLEU state."""
 
     losses = staticmethod(token_dynamic_loss)
-    measure = staticmethod(expected_token_accuracy)
 
     def __init__(self, data, run_seed: int):
         self.data = data
@@ -290,7 +275,7 @@ class DLF(Method):
         theta = {n: p.detach().requires_grad_() for n, p in params_of(model).items()}
         with torch.enable_grad():
             logits = task.forward(bound(model, theta), data.val_x, data.val_y)
-            measure = family.measure(logits, data.val_y)
+            measure = task.expected_accuracy(logits, data.val_y)
             val_grad = torch.autograd.grad(1 - measure, list(theta.values()))
         self.keep_if_best(float(measure.detach()), k)
         grads = backward_by_segments(
