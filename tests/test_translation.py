@@ -193,18 +193,23 @@ def test_padding_columns_and_float64_leave_the_output_unchanged(tiny_translation
     assert features.shape == (4, 8) and encoder.shape == (4, 8)
 
 
+def oracle_student(raw: RawDataset, arch: str):
+    """Masked pairs, a tiny float64 fairseq student of `arch` and its context: momentum SGD
+    at 0.5 with weight decay, batches of 8, label smoothing 0.1."""
+    data = translation_task(raw, NoiseSpec(kind="mask", rate=0.3, token_rate=0.3, val_size=20))
+    schedule = ScheduleSpec(epochs=1, batch_size=8, lr=0.5, momentum=0.9, weight_decay=1e-3)
+    model = tiny_translator(data.num_classes, arch=arch)
+    task = Translation(0.1)
+    ctx = Context(Student(model, schedule, 100), data, schedule, generator("m", 0), task=task)
+    return data, model, task, ctx
+
+
 @pytest.mark.parametrize("arch", ["transformer", "lstm"])
 def test_dir_teacher_gradient_equals_unrolled_autograd_on_a_fairseq_student(tiny_translation, arch):
     """K = B = 2 real steps of momentum SGD on a float64 fairseq transformer or LSTM (teacher
     reading I0, I1 and L): the gradient DIR applies equals autograd through the steps
     replayed."""
-    data = translation_task(
-        tiny_translation, NoiseSpec(kind="mask", rate=0.3, token_rate=0.3, val_size=20)
-    )
-    schedule = ScheduleSpec(epochs=1, batch_size=8, lr=0.5, momentum=0.9, weight_decay=1e-3)
-    model = tiny_translator(data.num_classes, arch=arch)
-    task = Translation(0.1)
-    ctx = Context(Student(model, schedule, 100), data, schedule, generator("m", 0), task=task)
+    data, model, task, ctx = oracle_student(tiny_translation, arch)
     settings = METHODS["dir"].Settings(interval=2, back=2, features=("I0", "I1", "L"))
     method = METHODS["dir"](settings, ctx)
     torch.manual_seed(3)
@@ -321,13 +326,7 @@ def test_dlf_teacher_gradient_equals_unrolled_autograd_on_a_fairseq_student(tiny
     the token loss -sum_r sigmoid(Phi_{y_r} log p(y_r)), Phi in R^|V| read from a BLEU state:
     the teacher gradient DLF applies equals autograd through the steps, of one minus the dev
     expected token accuracy (float64, segments of 2 recomputed; fairseq transformer and LSTM)."""
-    data = translation_task(
-        tiny_translation, NoiseSpec(kind="mask", rate=0.3, token_rate=0.3, val_size=20)
-    )
-    schedule = ScheduleSpec(epochs=1, batch_size=8, lr=0.5, momentum=0.9, weight_decay=1e-3)
-    model = tiny_translator(data.num_classes, arch=arch)
-    task = Translation(0.1)
-    ctx = Context(Student(model, schedule, 100), data, schedule, generator("m", 0), task=task)
+    data, model, task, ctx = oracle_student(tiny_translation, arch)
     settings = METHODS["dlf"].Settings(
         teacher_steps=1, episode_steps=4, state_every=2, segment=2, start_from="baseline"
     )
