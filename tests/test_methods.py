@@ -1,4 +1,4 @@
-"""Teaching methods on real (tiny) data: L2RW's three routes agree, its weights are guarded,
+"""Teaching methods on real (tiny) data: L2RW's four routes agree, its weights are guarded,
 and the baselines do what the paper says they do."""
 
 from __future__ import annotations
@@ -65,10 +65,10 @@ def noisy64() -> TaskData:
 
 
 def test_l2rw_routes_agree(noisy64):
-    """jvp_fused, jvp and double backward (Alg. 1) give the same weights and the same step,
-    on a pre-activation ResNet with batch norm, after momentum has built up."""
+    """jvp_fused, jvp_traced, jvp and double backward (Alg. 1) give the same weights and the
+    same step, on a pre-activation ResNet with batch norm, after momentum has built up."""
     results = {}
-    for route in ("jvp_fused", "jvp", "double_backward"):
+    for route in ("jvp_fused", "jvp_traced", "jvp", "double_backward"):
         method = make_method("l2rw", noisy64, dtype=torch.float64, route=route)
         for start in (0, 32):  # warm up momentum buffers and batch-norm statistics
             method.step(batch_of(noisy64, start))
@@ -78,7 +78,7 @@ def test_l2rw_routes_agree(noisy64):
         results[route] = (w, state)
     w_ref, state_ref = results["double_backward"]
     assert (w_ref > 0).any() and (w_ref == 0).any()
-    for route in ("jvp_fused", "jvp"):
+    for route in ("jvp_fused", "jvp_traced", "jvp"):
         w, state = results[route]
         assert (w - w_ref).abs().max() <= 1e-10 * w_ref.abs().max()
         for k, v in state_ref.items():

@@ -18,6 +18,7 @@ from pipeline.core.meta import (
     tangent_only,
 )
 from pipeline.core.student import cross_entropy
+from pipeline.core.traced import forward_with_tangent_traced
 from pipeline.methods.base import Batch, Method
 from pipeline.methods.settings import L2RWSettings
 
@@ -77,6 +78,10 @@ class L2RW(Method):
             direction, val_loss = lookahead_direction(model, rule, momentum, self.zero, vx, vy)
             if route == "jvp_fused":
                 losses, tangent = forward_with_tangent(model, batch.x, direction, per_example)
+            elif route == "jvp_traced":
+                losses, tangent = forward_with_tangent_traced(
+                    model, batch.x, direction, per_example
+                )
             else:
                 _, tangent = tangent_only(model, batch.x, direction, per_example)
                 losses = per_example(model(batch.x))

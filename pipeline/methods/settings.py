@@ -55,11 +55,14 @@ class L2RWSettings(MethodSettings):
     """route: how dR/deps is computed, all exact and equal (tests/test_methods.py):
     jvp_fused: one training forward with dual tensors gives the loss graph and the
         tangents (fewest passes; keeps tangent intermediates alive for the backward);
+    jvp_traced: the same one pass over the traced student, each tangent computed outside
+        autograd and freed after its last use (fewest passes and ERM's memory; a model that
+        does not trace runs as jvp_fused; pipeline/core/traced.py);
     jvp: a separate no-grad tangent forward, then an ordinary forward (less memory);
     double_backward: Algorithm 1 as written (backward on backward), the reference."""
 
     val_batch_size: PositiveInt | None = None  # None: the schedule's (or the batch size)
-    route: Literal["jvp_fused", "jvp", "double_backward"] = "jvp_fused"
+    route: Literal["jvp_fused", "jvp_traced", "jvp", "double_backward"] = "jvp_fused"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""The traced training forward (pipeline/core/traced.py) against forward-mode dual tensors, in
+float64: the same outputs and gradients, the same tangents, one batch-norm update, dropout's
+masks drawn once for primal and tangent; what it keeps for the backward is exactly what a plain
+forward keeps; models that do not trace, or draw random numbers it cannot replay, take the
+dual tensors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.core.meta import forward_with_tangent
+from pipeline.core.traced import forward_with_tangent_traced, traced
+from pipeline.models import build_model
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+class Mixed(nn.Module):
+    """Ops without a rule of their own: a parameter read in the forward, GELU, LayerNorm, a
+    transpose, a concatenation of two branches, max pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.scale = nn.Parameter(torch.randn(3, 1, 1))
+        self.head = nn.Linear(6 * 4 * 4, 4)
+
+    def forward(self, x):
+        h = F.gelu(self.conv(x)) * self.scale
+        h = self.norm(h).transpose(2, 3)
+        h = torch.cat([h, torch.tanh(h)], dim=1)
+        return self.head(F.max_pool2d(h, 2).flatten(1))
+
+
+STUDENTS = {  # name -> (model, input shape)
+    "mlp_dropout": (
+        lambda: build_model("mlp", (1, 6, 6), 4, hidden=[16, 8], dropout=0.3),
+        (1, 6, 6),
+    ),
+    "lenet": (lambda: build_model("lenet", (1, 16, 16), 4), (1, 16, 16)),
+    "resnet": (lambda: build_model("preact_resnet", (3, 8, 8), 4, depth=8, width=4), (3, 8, 8)),
+    "wrn_dropout": (
+        lambda: build_model("wrn", (3, 8, 8), 4, depth=10, widen=1, dropout=0.3),
+        (3, 8, 8),
+    ),
+    "mixed": (Mixed, (2, 8, 8)),
+}
+
+
+def both_passes(name: str, train: bool):
+    """(outputs, tangents, parameter gradients, buffers) of the dual-tensor pass and of the
+    traced pass, on two copies of one model, from the same random state."""
+    make, shape = STUDENTS[name]
+    torch.manual_seed(0)
+    model = make().train(train)
+    x, y = torch.randn(6, *shape), torch.randint(0, 4, (6,))
+    direction = {k: torch.randn_like(p) for k, p in model.named_parameters()}
+
+    def head(out):
+        return F.cross_entropy(out, y, reduction="none")
+
+    found = []
+    for forward in (forward_with_tangent, forward_with_tangent_traced):
+        copy_ = copy.deepcopy(model)
+        torch.manual_seed(1)  # dropout's masks
+        losses, tangent = forward(copy_, x, direction, head)
+        grads = torch.autograd.grad(losses.sum(), list(copy_.parameters()))
+        found.append((losses, tangent, grads, [b.clone() for b in copy_.buffers()]))
+    return found
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("name", list(STUDENTS))
+def test_traced_pass_equals_dual_tensors(name, train):
+    dual, fast = both_passes(name, train)
+    assert traced(STUDENTS[name][0]()) is not None  # every student here traces
+    torch.testing.assert_close(fast[0], dual[0], rtol=1e-12, atol=1e-14)  # same masks too
+    assert fast[1].abs().max() > 0
+    torch.testing.assert_close(fast[1], dual[1], rtol=1e-10, atol=1e-12)
+    for a, b in zip(fast[2], dual[2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for a, b in zip(fast[3], dual[3], strict=True):  # one batch-norm update, as the real step
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def saved_bytes(run) -> int:
+    """Bytes of the tensors autograd saves for the backward while `run` runs."""
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return total[0]
+
+
+def test_traced_pass_keeps_for_the_backward_what_a_plain_forward_keeps():
+    """No tangent reaches the backward graph (the dual-tensor pass keeps more)."""
+    torch.manual_seed(0)
+    model = build_model("preact_resnet", (3, 8, 8), 4, depth=8, width=4)
+    x = torch.randn(6, 3, 8, 8)
+    direction = {k: torch.randn_like(p) for k, p in model.named_parameters()}
+    plain = saved_bytes(lambda: model(x))
+    assert saved_bytes(lambda: forward_with_tangent_traced(model, x, direction)) == plain
+    assert saved_bytes(lambda: forward_with_tangent(model, x, direction)) > 1.5 * plain
+
+
+class Branching(nn.Module):
+    """Control flow on a tensor's value: does not trace."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+
+class FunctionalDropout(nn.Module):
+    """Draws its mask in a function: a recomputed tangent would draw another."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(F.dropout(x, 0.5, self.training))
+
+
+@pytest.mark.parametrize("make", [Branching, FunctionalDropout])
+def test_models_it_cannot_run_take_the_dual_tensors(make):
+    torch.manual_seed(0)
+    model = make()
+    assert traced(model) is None
+    x = torch.randn(4, 5).abs()
+    direction = {k: torch.randn_like(p) for k, p in model.named_parameters()}
+    torch.manual_seed(1)
+    expected = forward_with_tangent(model, x, direction)
+    torch.manual_seed(1)
+    found = forward_with_tangent_traced(model, x, direction)
+    for a, b in zip(found, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
