@@ -141,12 +141,13 @@ def test_missing_internal_state_is_an_error(noisy64):
         make_method("dir", noisy64, arch="mlp", dtype=torch.float64, features=("I2", "M0"))
 
 
-def test_meta_weight_net_gradient_equals_double_backward(noisy64):
-    """Meta-Weight-Net's teacher gradient (core JVP route) equals double backward through the
+@pytest.mark.parametrize("route", ["jvp", "jvp_traced"])
+def test_meta_weight_net_gradient_equals_double_backward(noisy64, route):
+    """Meta-Weight-Net's teacher gradient (both routes) equals double backward through the
     virtual step of the real optimiser (momentum and weight decay) in float64."""
     from pipeline.core.meta import lookahead_loss
 
-    method = make_method("mwn", noisy64, dtype=torch.float64, hidden=8)
+    method = make_method("mwn", noisy64, dtype=torch.float64, hidden=8, route=route)
     method.step(batch_of(noisy64, 0))  # momentum buffers exist from here on
     model, student = method.student.model, method.student
     batch = batch_of(noisy64, 32)
@@ -155,7 +156,7 @@ def test_meta_weight_net_gradient_equals_double_backward(noisy64):
     method.optimizer.step = lambda: grads.append(
         [p.grad.clone() for p in method.teacher.parameters()]
     )
-    method.teacher_step(batch, F.cross_entropy(model(batch.x), batch.y, reduction="none"))
+    method.teacher_step(batch, *method.training_losses(batch))
 
     method.ctx.generator.set_state(state)
     vx, vy = method.val_batch()

@@ -14,7 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.meta import forward_with_tangent
-from pipeline.core.traced import forward_with_tangent_traced, traced
+from pipeline.core.traced import (
+    forward_for_tangents_later,
+    forward_with_tangent_traced,
+    traced,
+)
 from pipeline.models import build_model
 
 
@@ -58,9 +62,16 @@ STUDENTS = {  # name -> (model, input shape)
 }
 
 
-def both_passes(name: str, train: bool):
-    """(outputs, tangents, parameter gradients, buffers) of the dual-tensor pass and of the
-    traced pass, on two copies of one model, from the same random state."""
+def recorded_then_replayed(model, x, direction, head):
+    """The traced forward that records, then its tangents along `direction` (MWN's order)."""
+    logits, tangent_of = forward_for_tangents_later(model, x)
+    return head(logits), tangent_of(direction, head)
+
+
+def all_passes(name: str, train: bool):
+    """(outputs, tangents, parameter gradients, buffers) of the dual-tensor pass, the traced
+    pass and the recorded-then-replayed traced pass, on copies of one model, from the same
+    random state."""
     make, shape = STUDENTS[name]
     torch.manual_seed(0)
     model = make().train(train)
@@ -71,7 +82,7 @@ def both_passes(name: str, train: bool):
         return F.cross_entropy(out, y, reduction="none")
 
     found = []
-    for forward in (forward_with_tangent, forward_with_tangent_traced):
+    for forward in (forward_with_tangent, forward_with_tangent_traced, recorded_then_replayed):
         copy_ = copy.deepcopy(model)
         torch.manual_seed(1)  # dropout's masks
         losses, tangent = forward(copy_, x, direction, head)
@@ -82,9 +93,14 @@ def both_passes(name: str, train: bool):
 
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("name", list(STUDENTS))
-def test_traced_pass_equals_dual_tensors(name, train):
-    dual, fast = both_passes(name, train)
+def test_traced_passes_equal_dual_tensors(name, train):
+    dual, *traced_passes = all_passes(name, train)
     assert traced(STUDENTS[name][0]()) is not None  # every student here traces
+    for fast in traced_passes:
+        assert_same_pass(fast, dual)
+
+
+def assert_same_pass(fast, dual):
     torch.testing.assert_close(fast[0], dual[0], rtol=1e-12, atol=1e-14)  # same masks too
     assert fast[1].abs().max() > 0
     torch.testing.assert_close(fast[1], dual[1], rtol=1e-10, atol=1e-12)
@@ -108,13 +124,15 @@ def saved_bytes(run) -> int:
 
 
 def test_traced_pass_keeps_for_the_backward_what_a_plain_forward_keeps():
-    """No tangent reaches the backward graph (the dual-tensor pass keeps more)."""
+    """No tangent reaches the backward graph (the dual-tensor pass keeps more), and the
+    recording forward adds nothing to it."""
     torch.manual_seed(0)
     model = build_model("preact_resnet", (3, 8, 8), 4, depth=8, width=4)
     x = torch.randn(6, 3, 8, 8)
     direction = {k: torch.randn_like(p) for k, p in model.named_parameters()}
     plain = saved_bytes(lambda: model(x))
     assert saved_bytes(lambda: forward_with_tangent_traced(model, x, direction)) == plain
+    assert saved_bytes(lambda: forward_for_tangents_later(model, x)) == plain
     assert saved_bytes(lambda: forward_with_tangent(model, x, direction)) > 1.5 * plain
 
 

@@ -138,11 +138,40 @@ LINEAR_FUNCTIONS = {torch.flatten, torch.mean, torch.sum}
 
 
 class _Interpreter(fx.Interpreter):
-    """Runs a traced student on Dual values (the interpreter frees each after its last use)."""
+    """Runs a traced student on Dual values (the interpreter frees each after its last use).
 
-    def __init__(self, graph_module: fx.GraphModule, direction: Tensors):
+    With `recorded` (a dict) the run keeps in it the primals the tangent rules read (`_read`),
+    the dropout masks and the values that are not tensors; with `replay` as well it takes
+    them from there and computes the tangents alone (a primal no rule reads is None)."""
+
+    def __init__(
+        self,
+        graph_module: fx.GraphModule,
+        direction: Tensors,
+        recorded: dict | None = None,
+        replay: bool = False,
+    ):
         super().__init__(graph_module)
-        self.direction = direction
+        self.direction, self.recorded, self.replay = direction, recorded, replay
+        self.read = _read(graph_module) if recorded is not None else set()
+        self.node: fx.Node | None = None
+
+    def run_node(self, n: fx.Node):
+        self.node = n
+        if self.replay and ("value", n) in self.recorded:
+            return self.recorded[("value", n)]
+        value = super().run_node(n)
+        if self.recorded is not None and not self.replay:
+            if isinstance(value, Dual):
+                if n in self.read:
+                    self.recorded[n] = value.primal.detach()
+            elif n.op.startswith("call"):
+                self.recorded[("value", n)] = value
+        return value
+
+    def _primal(self, compute: Callable[[], torch.Tensor]):
+        """The node's primal: computed, or the recorded one when replaying."""
+        return self.recorded.get(self.node) if self.replay else compute()
 
     def call_module(self, target, args, kwargs):
         mod = self.fetch_attr(target)
@@ -155,11 +184,11 @@ class _Interpreter(fx.Interpreter):
         if type(mod) is nn.Dropout and mod.training and 0 < mod.p < 1:
             return self._dropout(mod.p, primal_args[0], _tangent_of(args[0]))
         if type(mod) is nn.Dropout and (mod.p == 0 or not mod.training):  # the identity
-            return Dual(mod(primal_args[0]), _tangent_of(args[0]))
+            return Dual(self._primal(lambda: mod(primal_args[0])), _tangent_of(args[0]))
         if type(mod) is nn.ReLU:
             return self._call(F.relu, args, {})
-        out = mod(*primal_args, **primal_kwargs)
-        if not isinstance(out, torch.Tensor):
+        out = self._primal(lambda: mod(*primal_args, **primal_kwargs))
+        if not self.replay and not isinstance(out, torch.Tensor):
             raise TypeError(
                 f"route jvp_traced: module {target} returns a {type(out).__name__}, not a "
                 "tensor; use route jvp_fused for this model"
@@ -173,11 +202,17 @@ class _Interpreter(fx.Interpreter):
                 return Dual(out, rule(mod, primal_args[0].detach(), tangents[0], p))
             return Dual(out, self._module_jvp(target, mod, args, kwargs))
 
-    @staticmethod
-    def _dropout(rate: float, x: torch.Tensor, t_x: torch.Tensor | None) -> Dual:
+    def _dropout(self, rate: float, x: torch.Tensor, t_x: torch.Tensor | None) -> Dual:
         # The mask drawn as the CPU's dropout draws it, and applied to primal and tangent.
-        mask = torch.empty_like(x).bernoulli_(1 - rate).div_(1 - rate)
-        return Dual(x * mask, None if t_x is None else t_x * mask)
+        key = ("mask", self.node)
+        if self.replay:
+            mask = self.recorded[key]
+        else:
+            mask = torch.empty_like(x).bernoulli_(1 - rate).div_(1 - rate)
+            if self.recorded is not None:
+                self.recorded[key] = mask
+        out = self._primal(lambda: x * mask)
+        return Dual(out, None if t_x is None else t_x * mask)
 
     def _module_jvp(self, target: str, mod: nn.Module, args, kwargs) -> torch.Tensor:
         """A module without a rule: jvp in its inputs and parameters, on buffer copies."""
@@ -214,9 +249,9 @@ class _Interpreter(fx.Interpreter):
         return self._call(target, args, kwargs)
 
     def _call(self, target, args, kwargs):
-        out = _apply(target, _primals(args), _primals(kwargs))
-        if not isinstance(out, torch.Tensor):
-            return out  # shape arithmetic, asserts
+        out = self._primal(lambda: _apply(target, _primals(args), _primals(kwargs)))
+        if not self.replay and not isinstance(out, torch.Tensor):
+            return out  # shape arithmetic, asserts (recorded as they are)
         if all(_tangent_of(a) is None for a in _leaves((args, kwargs))):
             return Dual(out, None)
         with torch.no_grad():
@@ -229,6 +264,32 @@ class _Interpreter(fx.Interpreter):
                 if _tangent_of(first) is not None and not any(isinstance(a, Dual) for a in rest):
                     return Dual(out, _apply(target, [first.tangent, *rest], kwargs))
             return Dual(out, _op_jvp(lambda *a, **k: _apply(target, a, k), args, kwargs))
+
+
+def _read(graph: fx.GraphModule) -> set[fx.Node]:
+    """The nodes whose primals a tangent rule reads: ReLU's own output; nothing for additions,
+    reshapes and dropout (its mask is kept); every input of any other node."""
+    read = set()
+    for node in graph.graph.nodes:
+        target = node.target
+        if node.op == "call_module":
+            target = type(graph.get_submodule(node.target))
+            if target is nn.ReLU:
+                read.add(node)
+            if target in (nn.ReLU, nn.Dropout):
+                continue
+        elif node.op not in ("call_function", "call_method"):
+            continue
+        elif target in (F.relu, torch.relu, "relu"):
+            read.add(node)
+            continue
+        addition = target in (operator.add, torch.add, "add") and not node.kwargs
+        others = _leaves((node.args[1:], node.kwargs))
+        reshape = target in LINEAR_METHODS or target in LINEAR_FUNCTIONS
+        if addition or (reshape and not any(isinstance(a, fx.Node) for a in others)):
+            continue
+        read.update(a for a in _leaves((node.args, node.kwargs)) if isinstance(a, fx.Node))
+    return read
 
 
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -262,6 +323,19 @@ def traced(model: nn.Module) -> tuple[fx.GraphModule, dict] | None:
     return _TRACES[model]
 
 
+def _head_tangent(head, out: torch.Tensor, tangent: torch.Tensor | None) -> torch.Tensor:
+    """The tangent of head(out) by a jvp of the head alone."""
+    tangent = torch.zeros_like(out) if tangent is None else tangent
+    with torch.no_grad():
+        return jvp(head, (out.detach(),), (tangent,))[1]
+
+
+def _output(value) -> Dual:
+    if not isinstance(value, Dual):
+        raise TypeError("route jvp_traced: the model must return one tensor")
+    return value
+
+
 def forward_with_tangent_traced(
     model: nn.Module,
     x: torch.Tensor,
@@ -269,16 +343,32 @@ def forward_with_tangent_traced(
     head: Callable[[torch.Tensor], torch.Tensor] = lambda out: out,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """forward_with_tangent by the traced graph (see the module's docstring): head(model(x))
-    with its autograd graph, and its tangent along `direction`; the head's tangent by a jvp
-    of the head alone. A model that does not trace takes the dual tensors."""
+    with its autograd graph, and its tangent along `direction`. A model that does not trace
+    takes the dual tensors."""
     trace = traced(model)
     if trace is None:
         return forward_with_tangent(model, x, direction, head)
     graph, fixed = trace
-    out = _Interpreter(graph, direction).run(x, *fixed.values())
-    if not isinstance(out, Dual):
-        raise TypeError("route jvp_traced: the model must return one tensor")
-    tangent = torch.zeros_like(out.primal) if out.tangent is None else out.tangent
-    with torch.no_grad():
-        _, tangent = jvp(head, (out.primal.detach(),), (tangent,))
-    return head(out.primal), tangent
+    out = _output(_Interpreter(graph, direction).run(x, *fixed.values()))
+    return head(out.primal), _head_tangent(head, out.primal, out.tangent)
+
+
+def forward_for_tangents_later(model: nn.Module, x: torch.Tensor):
+    """model(x) with its autograd graph, and a function giving the tangent of head(model(x))
+    along a direction known only later (Meta-Weight-Net's, which needs this forward's
+    gradient first): from the primals and dropout masks this forward recorded, with no second
+    forward (the same masks and batch statistics). None for a model that does not trace."""
+    trace = traced(model)
+    if trace is None:
+        return None
+    graph, fixed = trace
+    recorded: dict = {}
+    out = _output(_Interpreter(graph, {}, recorded).run(x, *fixed.values()))
+
+    def tangent(direction: Tensors, head=lambda out: out) -> torch.Tensor:
+        replay = _Interpreter(graph, direction, recorded, replay=True)
+        with torch.no_grad():
+            found = _output(replay.run(x, *fixed.values()))
+        return _head_tangent(head, out.primal, found.tangent)
+
+    return out.primal, tangent

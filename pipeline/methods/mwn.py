@@ -21,6 +21,7 @@ from pipeline.core.meta import (
     weights_loss,
 )
 from pipeline.core.student import cross_entropy
+from pipeline.core.traced import forward_for_tangents_later
 from pipeline.methods.base import Batch, Method
 from pipeline.methods.settings import MWNSettings
 
@@ -42,8 +43,21 @@ class MetaWeightNet(Method):
         """w_i / n: Shu et al. average the weighted losses over the batch."""
         return self.teacher(losses.detach()[:, None]).squeeze(1) / len(losses)
 
-    def teacher_step(self, batch: Batch, losses: torch.Tensor) -> torch.Tensor:
-        """One SGD step of the teacher on R(theta'(omega)); returns R(theta')."""
+    def training_losses(self, batch: Batch):
+        """The batch's per-example losses with their graph, and (route jvp_traced, a model
+        that traces) the function giving their tangents along a direction later."""
+        model = self.student.model
+        later = None
+        if self.settings.route == "jvp_traced":
+            later = forward_for_tangents_later(model, batch.x)
+        if later is None:
+            return cross_entropy(model(batch.x), batch.y), None
+        logits, tangent_of = later
+        return cross_entropy(logits, batch.y), tangent_of
+
+    def teacher_step(self, batch: Batch, losses: torch.Tensor, tangent_of=None) -> torch.Tensor:
+        """One SGD step of the teacher on R(theta'(omega)); returns R(theta'). `tangent_of`:
+        the recorded training forward's tangents (None: a separate tangent forward)."""
         model, student = self.student.model, self.student
         params = params_of(model)
         with torch.no_grad():
@@ -55,7 +69,10 @@ class MetaWeightNet(Method):
             model, student.rule(), student.optimizer_state(), grads, vx, vy
         )
         per_example = lambda out: cross_entropy(out, batch.y)  # noqa: E731
-        _, tangents = tangent_only(model, batch.x, direction, per_example)
+        if tangent_of is None:
+            _, tangents = tangent_only(model, batch.x, direction, per_example)
+        else:
+            tangents = tangent_of(direction, per_example)
         surrogate = teacher_surrogate(weights_loss, losses, tangents, self.weights(losses))
         self.optimizer.zero_grad(set_to_none=True)
         surrogate.backward()
@@ -63,8 +80,8 @@ class MetaWeightNet(Method):
         return val_loss
 
     def step(self, batch: Batch):
-        losses = cross_entropy(self.student.model(batch.x), batch.y)
-        val_loss = self.teacher_step(batch, losses)
+        losses, tangent_of = self.training_losses(batch)
+        val_loss = self.teacher_step(batch, losses, tangent_of)
         with torch.no_grad():
             w = self.weights(losses)
         self.note_weights(batch, w * len(w))  # the teacher's output, in (0, 1)

@@ -119,9 +119,16 @@ class SelfPacedSettings(MethodSettings):
 
 @dataclass(frozen=True)
 class MWNSettings(MethodSettings):
+    """route: how the tangents along d = A^T grad R(theta') are computed, both exact (tests/
+    test_dir.py): jvp: a separate no-grad tangent forward; jvp_traced: from the values the
+    training forward recorded, over the traced student (pipeline/core/traced.py), with no
+    second forward and dropout's masks the same as the training forward's (a model that does
+    not trace runs as jvp)."""
+
     hidden: PositiveInt = 100
     teacher_lr: Positive = 1e-3
     val_batch_size: PositiveInt | None = None
+    route: Literal["jvp", "jvp_traced"] = "jvp"
 
 
 @dataclass(frozen=True)
