@@ -14,26 +14,30 @@ reverse: reverse mode through many steps. DIR's teacher update (Algorithm 1) aga
     theta_t (`stored`, segments of 1): time and peak memory; DIR's must not grow with B, DLF's
     segments grow like sqrt(T). Writes results/bench/reverse_<device>.csv.
 
-Peak memory is measured with each method alone in a fresh process, so that it is its own:
-CUDA's max_memory_allocated on a GPU, the growth of the peak resident set on a CPU. Time: the
-steps and distill suites set up every method in one process and time them in rounds,
-interleaved (ERM, then every method, then again), each timing the fastest of 5 windows of its
-steps, and take each ratio to ERM within its round, so that load that comes and goes on a
-shared machine, and the process's own layout, fall on all methods alike; a row gives the
-median over rounds and the interquartile range of its ratio, with a warning where that spread
-exceeds 10% of the ratio; everything runs on one thread. `--quick`: the CPU case mlp:100
-alone, 100 steps a timing, 7 rounds (under 2 minutes). Needs torch only (no workflow
-engine), so it runs on a bare GPU machine with PYTHONPATH=.
+Peak memory: the peak of the tensor memory allocated during a window of steps, above what
+was allocated when it began (activations, gradients, the teacher's work; not the parameters
+and data already resident): CUDA's allocator statistics on a GPU, the profiler's allocation
+events added up in order on a CPU, the same on every run (the resident set moves with the C
+allocator's granularity). Time: the steps and distill suites set up every method of a case in
+one fresh process and time them in rounds, interleaved (ERM, then every method, then again),
+each timing the fastest of 5 windows of its steps, and take each ratio to ERM within its
+round, so that load that comes and goes on a shared machine, and the process's own layout,
+fall on all methods alike; a row gives the median over rounds and the interquartile range of
+its ratio, with a warning where that spread exceeds 10% of the ratio; then each method's peak
+memory over one period of its teacher (2 steps, DIR's 20). Everything runs on one thread.
+`--quick`: the CPU case resnet8:12 alone (a pre-activation ResNet-8, batch norm included), 20
+steps a timing, 6 rounds (under 2 minutes). Needs torch only (no workflow engine), so it runs
+on a bare GPU machine with PYTHONPATH=.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -50,6 +54,7 @@ from pipeline.task import TaskData
 MODELS = {  # name -> (arch, options, input shape)
     "mlp": ("mlp", {"hidden": [256, 256]}, (1, 28, 28)),
     "lenet": ("lenet", {}, (1, 28, 28)),
+    "resnet8": ("preact_resnet", {"depth": 8}, (3, 32, 32)),
     "resnet32": ("preact_resnet", {"depth": 32}, (3, 32, 32)),
     "wrn_28_10": ("wrn", {"depth": 28, "widen": 10, "dropout": 0.3}, (3, 32, 32)),
     "minilm_l3": ("text_bert", {"weights": "minilm_l3"}, (32,)),  # 32 token ids
@@ -57,9 +62,11 @@ MODELS = {  # name -> (arch, options, input shape)
 VARIANTS = {  # row name -> (method, settings)
     "erm": ("erm", {}),
     "l2rw_jvp_fused": ("l2rw", {"route": "jvp_fused"}),
+    "l2rw_jvp_traced": ("l2rw", {"route": "jvp_traced"}),
     "l2rw_jvp": ("l2rw", {"route": "jvp"}),
     "l2rw_double_backward": ("l2rw", {"route": "double_backward"}),
     "mwn": ("mwn", {}),
+    "mwn_jvp_traced": ("mwn", {"route": "jvp_traced"}),
     "dir": ("dir", {"interval": 20, "back": 2}),
 }
 TEACHER = {"teacher": "minilm_l6"}
@@ -79,17 +86,12 @@ REVERSE = [("dir", b) for b in BACKS] + [
     (f"dlf_{how}", t) for how in ("segments", "stored") for t in LENGTHS
 ]
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
-QUICK_CASES = {"cpu": "mlp:100", "cuda": "resnet32:512"}
-QUICK_STEPS = 100  # at least, per timing: 5 windows of 20 steps
+QUICK_CASES = {"cpu": "resnet8:12", "cuda": "resnet32:512"}  # ERM: about 30 ms on a CPU
+QUICK_STEPS = 20  # at least, per timing: one window
 ROUNDS = 5  # timings of each method, interleaved in one process
-QUICK_ROUNDS = 7
+QUICK_ROUNDS = 6
 SPREAD_WARNING = 0.10  # interquartile range of a ratio, relative to the ratio
 DISTILL_CASES = {"cpu": "minilm_l3:16", "cuda": "minilm_l3:32"}
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def _setup(model_name: str, batch: int, kind: str, settings: dict, steps: int, device: str):
@@ -124,19 +126,28 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _reset_peak(dev: torch.device) -> float:
-    """Start a peak-memory measurement; returns the CPU baseline (resident set, MB)."""
+def _peak_mb(dev: torch.device, work: Callable[[], None]) -> float:
+    """Peak of the tensor memory allocated while `work` runs, above what was allocated when it
+    started (MB). On a GPU from CUDA's allocator statistics; on a CPU by adding up the
+    profiler's allocation and release events in order, so that it is the same on every run
+    (the resident set moves with the C allocator's granularity and what it keeps)."""
     _sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-        return 0.0
-    return _rss_mb()
+        before = torch.cuda.memory_allocated()
+        work()
+        _sync(dev)
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    from torch.profiler import ProfilerActivity, profile
 
-
-def _peak(dev: torch.device, base: float) -> float:
-    if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        work()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):  # stable: ties keep their order
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 WINDOWS = 5  # a measurement's steps are timed in up to this many windows; the fastest counts
@@ -159,41 +170,40 @@ def _fastest_step(one_step, first: int, steps: int, dev: torch.device) -> float:
     return fastest
 
 
-def measure(model_name: str, batch: int, variant: str, steps: int, device: str) -> dict:
-    """Time per step and peak memory of one method, alone in this process."""
-    kind, settings = {**VARIANTS, **DISTILL_VARIANTS}[variant]
-    method, one_step, dev = _setup(model_name, batch, kind, settings, steps, device)
-    one_step(0)  # warm-up: allocator, kernels, momentum buffers
-    base = _reset_peak(dev)
-    seconds = _fastest_step(one_step, 1, steps, dev)
-    return {
-        "device": dev.type,
-        "model": model_name,
-        "batch": batch,
-        "method": variant,
-        "ms_per_step": 1000 * seconds,
-        "peak_mb": _peak(dev, base),
-    }
+def memory_window(variant: str) -> int:
+    """Steps whose peak memory is a variant's: one period of its teacher (DIR: its interval,
+    so that the window holds one teacher update), at least 2 (the first step of a window
+    may still allocate what later steps reuse)."""
+    _, settings = {**VARIANTS, **DISTILL_VARIANTS}[variant]
+    return max(settings.get("interval", 1), 2)
 
 
-def measure_times(
+def measure_case(
     model_name: str, batch: int, variants: list[str], steps: int, device: str, rounds: int
-) -> dict[str, list[float]]:
+) -> dict:
     """Milliseconds per step of every variant in each of `rounds` rounds, all in this process
     and interleaved (ERM, then each method, then again), so that a round's ratios to ERM
-    share the process's memory layout and the machine's load of that moment."""
+    share the process's memory layout and the machine's load of that moment; then each
+    variant's peak memory over its memory window: what the others hold was allocated before
+    that window, so each peak is the variant's own."""
     setups = {}
     for variant in variants:
         kind, settings = {**VARIANTS, **DISTILL_VARIANTS}[variant]
-        _, one_step, dev = _setup(model_name, batch, kind, settings, steps * rounds, device)
-        one_step(0)  # warm-up
+        total = steps * rounds + memory_window(variant) + 1
+        _, one_step, dev = _setup(model_name, batch, kind, settings, total, device)
+        one_step(0)  # warm-up: allocator, kernels, momentum buffers
         setups[variant] = one_step
     times: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(rounds):
         for variant, one_step in setups.items():
             seconds = _fastest_step(one_step, 1 + r * steps, steps, dev)
             times[variant].append(1000 * seconds)
-    return times
+    first = 1 + rounds * steps
+    peaks = {}
+    for variant, one_step in setups.items():
+        window = range(first, first + memory_window(variant))
+        peaks[variant] = _peak_mb(dev, lambda f=one_step, w=window: [f(i) for i in w])
+    return {"device": dev.type, "times": times, "peak_mb": peaks}
 
 
 def measure_reverse(model_name: str, batch: int, method: str, steps: int, device: str) -> dict:
@@ -216,12 +226,7 @@ def measure_reverse(model_name: str, batch: int, method: str, steps: int, device
         else:
             teacher.episode(k)
 
-    # The first pass gives the peak (a CPU's peak resident set cannot be reset, so no
-    # warm-up may come before it), the second the time.
-    base = _reset_peak(dev)
-    one_pass(0)
-    peak = _peak(dev, base)
-    _sync(dev)
+    peak = _peak_mb(dev, lambda: one_pass(0))  # the first pass gives the peak, the second the time
     start = time.perf_counter()
     one_pass(1)
     _sync(dev)
@@ -250,27 +255,26 @@ def median_iqr(values: list[float]) -> tuple[float, float]:
     return statistics.median(values), q3 - q1
 
 
-def timed_rows(suite, model_name, batch, variants, steps, device, rounds) -> list[dict]:
-    """Every variant's time in `rounds` interleaved rounds of one process (ratios to the
-    same round's ERM), and its peak memory alone in a fresh process."""
+def timed_rows(model_name, batch, variants, steps, device, rounds) -> list[dict]:
+    """Every variant's time in `rounds` interleaved rounds (ratios to the same round's ERM)
+    and its peak memory, from one fresh process."""
     assert next(iter(variants)) == "erm"  # the first row is the reference
     args = (model_name, batch, ",".join(variants), str(steps), device, str(rounds))
-    times = _in_fresh_process("times", *args)
+    found = _in_fresh_process("case", *args)
+    times, peaks = found["times"], found["peak_mb"]
     rows = []
     for variant in variants:
-        alone = _in_fresh_process(suite, model_name, batch, variant, str(steps), device)
-        erm_peak = alone["peak_mb"] if variant == "erm" else rows[0]["peak_mb"]
         ratio, spread = median_iqr(
             [t / e for t, e in zip(times[variant], times["erm"], strict=True)]
         )
-        memory = alone["peak_mb"] / max(erm_peak, 1e-9)
+        memory = peaks[variant] / max(peaks["erm"], 1e-9)
         row = {
-            "device": alone["device"],
+            "device": found["device"],
             "model": model_name,
             "batch": int(batch),
             "method": variant,
             "ms_per_step": statistics.median(times[variant]),
-            "peak_mb": alone["peak_mb"],
+            "peak_mb": peaks[variant],
             "time_vs_erm": ratio,
             "time_vs_erm_iqr": spread,
             "memory_vs_erm": memory,
@@ -280,7 +284,7 @@ def timed_rows(suite, model_name, batch, variants, steps, device, rounds) -> lis
         noisy = spread > SPREAD_WARNING * ratio
         print(
             f"{device} {model_name} batch {batch} {variant} {row['ms_per_step']:.1f} ms/step, "
-            f"{ratio:.2f}x ERM (IQR {spread:.2f}), peak {row['peak_mb']:.0f} MB, "
+            f"{ratio:.2f}x ERM (IQR {spread:.2f}), peak {row['peak_mb']:.1f} MB, "
             f"{memory:.2f}x ERM"
             + (" WARNING: spread above 10%, the machine is noisy" if noisy else ""),
             flush=True,
@@ -313,7 +317,7 @@ def run(
             raise ValueError(f"bench: unknown model {model_name!r} (known: {', '.join(MODELS)})")
         timed = SUITE_VARIANTS.get(suite)
         if timed:
-            rows += timed_rows(suite, model_name, batch, timed, steps, device, rounds)
+            rows += timed_rows(model_name, batch, timed, steps, device, rounds)
             continue
         for method, count in reverse:
             row = _in_fresh_process(suite, model_name, batch, method, str(count), device)
@@ -365,13 +369,10 @@ def write_outputs(rows: list[dict], out_dir: Path, suite: str, device: str) -> N
 
 if __name__ == "__main__":  # one measurement, in its own process (see `run`)
     torch.set_num_threads(1)  # one core per measurement: threads fighting for cores add noise
-    if sys.argv[1] == "times":
+    if sys.argv[1] == "case":
         name, batch, items, steps, device, rounds = sys.argv[2:]
-        found = measure_times(name, int(batch), items.split(","), int(steps), device, int(rounds))
-        print(json.dumps(found))
-        sys.exit()
-    suite, name, batch, item, steps, device = sys.argv[1:]
-    if suite in SUITE_VARIANTS:
-        print(json.dumps(measure(name, int(batch), item, int(steps), device)))
+        found = measure_case(name, int(batch), items.split(","), int(steps), device, int(rounds))
     else:
-        print(json.dumps(measure_reverse(name, int(batch), item, int(steps), device)))
+        suite, name, batch, item, steps, device = sys.argv[1:]
+        found = measure_reverse(name, int(batch), item, int(steps), device)
+    print(json.dumps(found))
