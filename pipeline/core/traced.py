@@ -4,16 +4,21 @@ forward_with_tangent (pipeline/core/meta.py) gets J_i d from forward-mode dual t
 the parameters require grad, PyTorch evaluates every tangent rule under autograd and keeps
 each intermediate tangent attached to its primal, and the backward graph saves the primals:
 the tangents of every saved activation, and the tangent graph's own saved tensors, stay alive
-until the backward (2.4x ERM's memory on the CPU ResNet-32 case). Here the student is traced
-once into its graph of modules and functions (torch.fx), and each node is run twice over:
-its primal as the student would (under autograd, real buffers: one batch-norm update), its
-tangent under no_grad by the node's linear rule (conv / linear: two terms; batch norm;
-ReLU: a mask; additions and reshapes: the same op on the tangents; any other op: a jvp of
-that op alone). A tangent is freed after its node's last consumer, as the interpreter frees
-values, so the pass keeps about one layer of tangents beside ERM's graph.
+until the backward (3.9x ERM's step memory on the CPU ResNet-32 case; this pass 1.05x,
+results/bench/steps_cpu.csv). Here the student is traced once into its graph of modules and
+functions (torch.fx), and each node is run twice over: its primal as the student would
+(under autograd, real buffers: one batch-norm update), its tangent under no_grad by the
+node's linear rule (conv / linear: two terms; batch norm; ReLU: a mask; additions and
+reshapes: the same op on the tangents; any other op: a jvp of that op alone). A tangent is
+freed after its node's last consumer, as the interpreter frees values, so the pass keeps
+about one layer of tangents beside ERM's graph. forward_for_tangents_later splits the two:
+the training forward records what the tangent rules read, and the tangents along a
+direction known only later are replayed from it (Meta-Weight-Net's order), with no second
+forward.
 
-Exact: tests/test_core.py holds it to double backward through the virtual step in float64.
-A model that does not trace (a Hugging Face or fairseq model) takes the dual-tensor pass.
+Exact: tests/test_core.py, test_methods.py and test_dir.py hold it to double backward
+through the virtual step in float64, tests/test_traced.py to the dual tensors. A model that
+does not trace (a Hugging Face or fairseq model) takes the dual-tensor pass.
 """
 
 from __future__ import annotations
