@@ -186,6 +186,7 @@ def cmd_bench(args) -> None:
         args.out,
         rounds=args.rounds,
         quick=args.quick,
+        images=args.images,
     )
 
 
@@ -193,9 +194,13 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--suite",
         default="steps",
-        choices=["steps", "distill", "reverse"],
+        choices=["steps", "distill", "reverse", "epoch"],
         help="steps: each method's step vs ERM; distill: the distillation methods on text "
-        "(LGTM Table 3); reverse: DIR's teacher update vs B and DLF's teacher step vs T",
+        "(LGTM Table 3); reverse: DIR's teacher update vs B and DLF's teacher step vs T; "
+        "epoch: an ERM epoch with the data on the device (channels-last, bf16, compiled)",
+    )
+    parser.add_argument(
+        "--images", type=int, help="images of the epoch suite (default: CPU 2,048, GPU 50,000)"
     )
     parser.add_argument(
         "--cases",

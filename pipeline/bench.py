@@ -13,6 +13,9 @@ reverse: reverse mode through many steps. DIR's teacher update (Algorithm 1) aga
     back) against T, by checkpointed segments of sqrt(T) steps (`segments`) or keeping every
     theta_t (`stored`, segments of 1): time and peak memory; DIR's must not grow with B, DLF's
     segments grow like sqrt(T). Writes results/bench/reverse_<device>.csv.
+epoch: one ERM epoch with the data resident on the device (a GPU: 50,000 32x32 images,
+    ResNet-32, batch 128), plain, channels-last, bf16 autocast, both, and compiled
+    (torch.compile; `reduce-overhead`: CUDA graphs). Writes results/bench/epoch_<device>.csv.
 
 Peak memory: the peak of the tensor memory allocated during a window of steps, above what
 was allocated when it began (activations, gradients, the teacher's work; not the parameters
@@ -92,6 +95,16 @@ ROUNDS = 5  # timings of each method, interleaved in one process
 QUICK_ROUNDS = 6
 SPREAD_WARNING = 0.10  # interquartile range of a ratio, relative to the ratio
 DISTILL_CASES = {"cpu": "minilm_l3:16", "cuda": "minilm_l3:32"}
+EPOCH_VARIANTS = {  # row -> (channels last, bf16 autocast, torch.compile mode or None)
+    "fp32": (False, False, None),
+    "channels_last": (True, False, None),
+    "bf16": (False, True, None),
+    "channels_last_bf16": (True, True, None),
+    "compiled": (True, True, "default"),
+    "compiled_cuda_graphs": (True, True, "reduce-overhead"),  # CUDA graphs on a GPU
+}
+EPOCH_CASES = {"cpu": "resnet8:128", "cuda": "resnet32:128"}
+EPOCH_IMAGES = {"cpu": 2048, "cuda": 50_000}  # a CIFAR-sized epoch on a GPU
 
 
 def _setup(model_name: str, batch: int, kind: str, settings: dict, steps: int, device: str):
@@ -206,6 +219,53 @@ def measure_case(
     return {"device": dev.type, "times": times, "peak_mb": peaks}
 
 
+def measure_epoch(
+    model_name: str, batch: int, variant: str, device: str, images: int, backend: str
+) -> dict:
+    """Seconds for one ERM epoch over `images` random images resident on the device, after a
+    warm-up epoch (compilation included): a plain loop of momentum SGD with no host sync
+    inside the epoch, with the variant's memory format, autocast and torch.compile mode
+    (`backend`: the compiler, inductor; tests use eager)."""
+    channels_last, bf16, mode = EPOCH_VARIANTS[variant]
+    arch, options, shape = MODELS[model_name]
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_model(arch, shape, 10, **options).to(dev, memory_format=layout)
+    x = torch.randn(images, *shape, device=dev).contiguous(memory_format=layout)
+    y = torch.randint(0, 10, (images,), device=dev)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    forward = model if mode is None else torch.compile(model, mode=mode, backend=backend)
+
+    def epoch() -> torch.Tensor:
+        order = torch.randperm(images, device=dev)
+        for start in range(0, images - batch + 1, batch):
+            index = order[start : start + batch]
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(forward(x[index]), y[index])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    epoch()
+    _sync(dev)
+    start = time.perf_counter()
+    loss = epoch()
+    _sync(dev)
+    seconds = time.perf_counter() - start
+    return {
+        "device": dev.type,
+        "model": model_name,
+        "batch": batch,
+        "method": variant,
+        "images": images,
+        "seconds_per_epoch": seconds,
+        "images_per_s": images // batch * batch / seconds,
+        "last_loss": float(loss),
+    }
+
+
 def measure_reverse(model_name: str, batch: int, method: str, steps: int, device: str) -> dict:
     """Two reverse passes through `steps` steps: DIR's window of K = B = steps student steps
     and its teacher update, or a DLF teacher optimisation step with T = steps (training
@@ -301,14 +361,18 @@ def run(
     reverse: list[tuple[str, int]] = REVERSE,
     rounds: int = ROUNDS,
     quick: bool = False,
+    images: int | None = None,
+    epoch_variants: list[str] | None = None,
+    backend: str = "inductor",
 ) -> list[dict]:
     """Run one suite for every model:batch case, each measurement in a fresh process
     (`reverse`: the (method, steps back) measured by the reverse suite; `rounds`: of the
-    steps and distill suites)."""
+    steps and distill suites; `images`, `epoch_variants`, `backend`: of the epoch suite)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = []
-    defaults = QUICK_CASES if quick else DISTILL_CASES if suite == "distill" else DEFAULT_CASES
+    defaults = {"distill": DISTILL_CASES, "epoch": EPOCH_CASES}.get(suite, DEFAULT_CASES)
+    defaults = QUICK_CASES if quick else defaults
     steps = max(steps, QUICK_STEPS) if quick else steps
     rounds = max(rounds, QUICK_ROUNDS) if quick else rounds
     for case in (cases or defaults[device]).split(","):
@@ -318,6 +382,17 @@ def run(
         timed = SUITE_VARIANTS.get(suite)
         if timed:
             rows += timed_rows(model_name, batch, timed, steps, device, rounds)
+            continue
+        if suite == "epoch":
+            count = str(images or EPOCH_IMAGES[device])
+            for variant in epoch_variants or EPOCH_VARIANTS:
+                row = _in_fresh_process("epoch", model_name, batch, variant, device, count, backend)
+                rows.append(row)
+                print(
+                    f"{device} {model_name} batch {batch} {variant}: an epoch of {count} images "
+                    f"in {row['seconds_per_epoch']:.2f} s ({row['images_per_s']:.0f} images/s)",
+                    flush=True,
+                )
             continue
         for method, count in reverse:
             row = _in_fresh_process(suite, model_name, batch, method, str(count), device)
@@ -372,6 +447,9 @@ if __name__ == "__main__":  # one measurement, in its own process (see `run`)
     if sys.argv[1] == "case":
         name, batch, items, steps, device, rounds = sys.argv[2:]
         found = measure_case(name, int(batch), items.split(","), int(steps), device, int(rounds))
+    elif sys.argv[1] == "epoch":
+        name, batch, variant, device, images, backend = sys.argv[2:]
+        found = measure_epoch(name, int(batch), variant, device, int(images), backend)
     else:
         suite, name, batch, item, steps, device = sys.argv[1:]
         found = measure_reverse(name, int(batch), item, int(steps), device)

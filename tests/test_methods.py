@@ -232,6 +232,23 @@ def test_bench_writes_relative_figures(tmp_path):
     assert len(csv) == 1 + len(VARIANTS) and (tmp_path / "steps_cpu.png").exists()
 
 
+def test_bench_times_an_epoch_in_each_setting(tmp_path):
+    """The epoch suite trains the same model in each setting (the same last loss, to
+    rounding), compiled through the eager backend here (a GPU run uses inductor)."""
+    from pipeline.bench import run
+
+    variants = ["fp32", "channels_last", "compiled"]
+    rows = run(
+        "epoch", "lenet:16", 1, "cpu", str(tmp_path), images=48,
+        epoch_variants=variants, backend="eager",
+    )  # fmt: skip
+    assert [r["method"] for r in rows] == variants
+    assert all(r["seconds_per_epoch"] > 0 and r["images_per_s"] > 0 for r in rows)
+    losses = [r["last_loss"] for r in rows]
+    assert max(losses) - min(losses) < 1e-3 * abs(losses[0])  # channels-last rounds apart
+    assert (tmp_path / "epoch_cpu.csv").read_text().startswith("device,model,batch,method,images")
+
+
 def test_a_timing_counts_its_fastest_window():
     """Load that lands on one window (here: the first two steps are slow) is not counted."""
     import time

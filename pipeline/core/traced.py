@@ -35,8 +35,7 @@ from torch.func import functional_call, jvp
 from torch.fx.node import map_aggregate
 
 from pipeline.core.meta import forward_with_tangent
-
-Tensors = dict[str, torch.Tensor]
+from pipeline.core.optim import Tensors
 
 
 class Dual:
