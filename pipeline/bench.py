@@ -23,7 +23,7 @@ and data already resident): CUDA's allocator statistics on a GPU, the profiler's
 events added up in order on a CPU, the same on every run (the resident set moves with the C
 allocator's granularity). Time: the steps and distill suites set up every method of a case in
 one fresh process and time them in rounds, interleaved (ERM, then every method, then again),
-each timing the fastest of 5 windows of its steps, and take each ratio to ERM within its
+each timing the fastest of up to 5 windows of its steps, and take each ratio to ERM within its
 round, so that load that comes and goes on a shared machine, and the process's own layout,
 fall on all methods alike; a row gives the median over rounds and the interquartile range of
 its ratio, with a warning where that spread exceeds 10% of the ratio; then each method's peak

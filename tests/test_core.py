@@ -19,7 +19,7 @@ from pipeline.core.meta import (
     weights_loss,
 )
 from pipeline.core.optim import AdamRule, SGDRule, adam_state, momentum_buffers, sgd_step
-from pipeline.core.traced import forward_with_tangent_traced
+from pipeline.core.traced import forward_with_tangent_traced, traced
 
 RULES = [
     SGDRule(0.1),
@@ -195,6 +195,7 @@ def test_l2rw_weights_equal_algorithm_1(make, rule, forward):
 
     zero = {k: torch.zeros_like(p) for k, p in model.named_parameters()}
     d, _ = lookahead_direction(model, rule, momentum, zero, vx, vy)
+    assert forward is forward_with_tangent or traced(model) is not None  # no fallback
     _, tangent = forward(model, x, d, lambda out: F.cross_entropy(out, y, reduction="none"))
     assert relative_error(tangent, reference) < 1e-10
 

@@ -156,7 +156,9 @@ def test_meta_weight_net_gradient_equals_double_backward(noisy64, route):
     method.optimizer.step = lambda: grads.append(
         [p.grad.clone() for p in method.teacher.parameters()]
     )
-    method.teacher_step(batch, *method.training_losses(batch))
+    losses, tangent_of = method.training_losses(batch)
+    assert (tangent_of is not None) == (route == "jvp_traced")  # the replay, not a fallback
+    method.teacher_step(batch, losses, tangent_of)
 
     method.ctx.generator.set_state(state)
     vx, vy = method.val_batch()

@@ -68,8 +68,11 @@ def test_l2rw_routes_agree(noisy64):
     """jvp_fused, jvp_traced, jvp and double backward (Alg. 1) give the same weights and the
     same step, on a pre-activation ResNet with batch norm, after momentum has built up."""
     results = {}
+    from pipeline.core.traced import traced
+
     for route in ("jvp_fused", "jvp_traced", "jvp", "double_backward"):
         method = make_method("l2rw", noisy64, dtype=torch.float64, route=route)
+        assert traced(method.student.model) is not None  # jvp_traced does not fall back
         for start in (0, 32):  # warm up momentum buffers and batch-norm statistics
             method.step(batch_of(noisy64, start))
         w, _, _ = method.weights(batch_of(noisy64, 64))

@@ -158,8 +158,42 @@ class FunctionalDropout(nn.Module):
         return self.fc(F.dropout(x, 0.5, self.training))
 
 
-@pytest.mark.parametrize("make", [Branching, FunctionalDropout])
-def test_models_it_cannot_run_take_the_dual_tensors(make):
+class InPlace(nn.Module):
+    """Works in place: a recomputed tangent would apply each op twice."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.fc, self.how = nn.Linear(5, 3), how
+        self.act = nn.LeakyReLU(inplace=True)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.how == "method":
+            h.add_(x[:, :3])
+        return self.act(h) if self.how == "module" else h
+
+
+class RandomActivation(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(5, 3), nn.RReLU()
+
+    def forward(self, x):
+        return self.act(self.fc(x))
+
+
+CANNOT = {
+    "branching": Branching,
+    "functional_dropout": FunctionalDropout,
+    "rrelu": RandomActivation,
+    "add_": lambda: InPlace("method"),
+    "inplace_module": lambda: InPlace("module"),
+}
+
+
+@pytest.mark.parametrize("name", list(CANNOT))
+def test_models_it_cannot_run_take_the_dual_tensors(name):
+    make = CANNOT[name]
     torch.manual_seed(0)
     model = make()
     assert traced(model) is None
@@ -171,3 +205,51 @@ def test_models_it_cannot_run_take_the_dual_tensors(make):
     found = forward_with_tangent_traced(model, x, direction)
     for a, b in zip(found, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+class Tied(nn.Module):
+    """Two layers sharing one weight, a forward that branches on train / eval mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(5, 5), nn.Linear(5, 3)
+        self.c = nn.Linear(5, 5)
+        self.c.weight = self.a.weight
+
+    def forward(self, x):
+        h = torch.tanh(self.c(torch.tanh(self.a(x))))
+        return self.b(h if self.training else 2 * h)
+
+
+def test_tied_weights_and_a_mode_branch_trace_exactly():
+    """One model, traced in train mode and then in eval mode (its forward branches on it)."""
+    torch.manual_seed(0)
+    model = Tied()
+    x = torch.randn(4, 5)
+    direction = {k: torch.randn_like(p) for k, p in model.named_parameters()}
+    for train in (True, False):
+        model.train(train)
+        assert traced(model) is not None
+        expected = forward_with_tangent(model, x, direction)
+        found = forward_with_tangent_traced(model, x, direction)
+        for a, b in zip(found, expected, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+class Gated(nn.Module):
+    """A gated linear unit by chunk: a node returning two tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(5, 6)
+
+    def forward(self, x):
+        a, b = self.fc(x).chunk(2, dim=1)
+        return a * torch.sigmoid(b)
+
+
+def test_a_node_returning_several_tensors_is_a_clear_error():
+    model = Gated()
+    direction = {k: torch.randn_like(p) for k, p in model.named_parameters()}
+    with pytest.raises(TypeError, match="jvp_fused"):
+        forward_with_tangent_traced(model, torch.randn(4, 5), direction)

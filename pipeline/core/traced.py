@@ -18,7 +18,8 @@ forward.
 
 Exact: tests/test_core.py, test_methods.py and test_dir.py hold it to double backward
 through the virtual step in float64, tests/test_traced.py to the dual tensors. A model that
-does not trace (a Hugging Face or fairseq model) takes the dual-tensor pass.
+does not trace (a Hugging Face or fairseq model), draws random numbers other than
+nn.Dropout's or works in place takes the dual-tensor pass.
 """
 
 from __future__ import annotations
@@ -255,6 +256,11 @@ class _Interpreter(fx.Interpreter):
     def _call(self, target, args, kwargs):
         out = self._primal(lambda: _apply(target, _primals(args), _primals(kwargs)))
         if not self.replay and not isinstance(out, torch.Tensor):
+            if any(isinstance(o, torch.Tensor) for o in _leaves(out)):
+                raise TypeError(
+                    f"route jvp_traced: {target} returns several tensors (their tangents are "
+                    "not followed); use route jvp_fused for this model"
+                )
             return out  # shape arithmetic, asserts (recorded as they are)
         if all(_tangent_of(a) is None for a in _leaves((args, kwargs))):
             return Dual(out, None)
@@ -298,33 +304,48 @@ def _read(graph: fx.GraphModule) -> set[fx.Node]:
 
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 RANDOM = ("dropout", "rand", "bernoulli", "normal", "multinomial", "uniform", "poisson")
+RANDOM += ("rrelu", "gumbel", "exponential", "cauchy", "geometric")
 
 
-def _draws_random_numbers(graph: fx.GraphModule, node: fx.Node) -> bool:
-    """Whether a node draws random numbers that a recomputed tangent would draw anew: any
-    random op but nn.Dropout, whose mask the interpreter draws once for both."""
+def _unsupported(graph: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether the interpreter cannot run a node exactly: a random op but nn.Dropout (whose
+    mask it draws once for primal and tangent; a recomputed tangent would draw anew), or an
+    in-place op (a recomputed tangent would apply it twice)."""
     if node.op == "call_module":
         mod = graph.get_submodule(node.target)
-        return type(mod) is not nn.Dropout and isinstance(mod, nn.modules.dropout._DropoutNd)
+        random = isinstance(mod, (nn.modules.dropout._DropoutNd, nn.RReLU))
+        return (random and type(mod) is not nn.Dropout) or getattr(mod, "inplace", False)
+    if node.op not in ("call_function", "call_method"):
+        return False
     name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-    return node.op in ("call_function", "call_method") and any(r in name for r in RANDOM)
+    in_place = name.endswith("_") and not name.startswith("_") or node.kwargs.get("inplace")
+    return bool(in_place) or any(r in name for r in RANDOM)
 
 
 def traced(model: nn.Module) -> tuple[fx.GraphModule, dict] | None:
-    """The model's graph for its logits and the arguments fixed in tracing (a student
-    network's `states` flag, as False), traced once (the graph shares the model's modules);
-    None when it does not trace or draws random numbers other than nn.Dropout's."""
-    if model not in _TRACES:
+    """The model's graph for its logits in its current mode (train or eval: a forward may
+    branch on it) and the arguments fixed in tracing (a student network's `states` flag, as
+    False), traced once per mode (the graph shares the model's modules); None when it does
+    not trace, draws random numbers other than nn.Dropout's or works in place."""
+    traces = _TRACES.setdefault(model, {})
+    if model.training not in traces:
         parameters = inspect.signature(model.forward).parameters
         fixed = {"states": False} if "states" in parameters else {}
         try:
             graph = fx.symbolic_trace(model, concrete_args=fixed or None)
         except Exception:  # noqa: BLE001 - a model that does not trace takes dual tensors
             graph = None
-        if graph is not None and any(_draws_random_numbers(graph, n) for n in graph.graph.nodes):
+        if graph is not None and any(_unsupported(graph, n) for n in graph.graph.nodes):
             graph = None
-        _TRACES[model] = None if graph is None else (graph, fixed)
-    return _TRACES[model]
+        traces[model.training] = None if graph is None else (graph, fixed)
+    return traces[model.training]
+
+
+def _with_aliases(graph: fx.GraphModule, direction: Tensors) -> Tensors:
+    """The direction under every name of a shared (tied) parameter, as the graph reads it."""
+    names = {id(p): n for n, p in graph.named_parameters() if n in direction}
+    every = graph.named_parameters(remove_duplicate=False)
+    return {n: direction[names[id(p)]] for n, p in every if id(p) in names}
 
 
 def _head_tangent(head, out: torch.Tensor, tangent: torch.Tensor | None) -> torch.Tensor:
@@ -353,7 +374,7 @@ def forward_with_tangent_traced(
     if trace is None:
         return forward_with_tangent(model, x, direction, head)
     graph, fixed = trace
-    out = _output(_Interpreter(graph, direction).run(x, *fixed.values()))
+    out = _output(_Interpreter(graph, _with_aliases(graph, direction)).run(x, *fixed.values()))
     return head(out.primal), _head_tangent(head, out.primal, out.tangent)
 
 
@@ -370,7 +391,7 @@ def forward_for_tangents_later(model: nn.Module, x: torch.Tensor):
     out = _output(_Interpreter(graph, {}, recorded).run(x, *fixed.values()))
 
     def tangent(direction: Tensors, head=lambda out: out) -> torch.Tensor:
-        replay = _Interpreter(graph, direction, recorded, replay=True)
+        replay = _Interpreter(graph, _with_aliases(graph, direction), recorded, replay=True)
         with torch.no_grad():
             found = _output(replay.run(x, *fixed.values()))
         return _head_tangent(head, out.primal, found.tangent)

@@ -57,7 +57,7 @@ class L2RWSettings(MethodSettings):
         tangents (fewest passes; keeps tangent intermediates alive for the backward);
     jvp_traced: the same one pass over the traced student, each tangent computed outside
         autograd and freed after its last use (fewest passes and ERM's memory; a model that
-        does not trace runs as jvp_fused; pipeline/core/traced.py);
+        does not trace, or works in place, runs as jvp_fused; pipeline/core/traced.py);
     jvp: a separate no-grad tangent forward, then an ordinary forward (less memory);
     double_backward: Algorithm 1 as written (backward on backward), the reference."""
 
