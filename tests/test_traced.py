@@ -59,6 +59,18 @@ STUDENTS = {  # name -> (model, input shape)
         (3, 8, 8),
     ),
     "mixed": (Mixed, (2, 8, 8)),
+    "conv1d_norms": (  # batch norm over (N, C, L) without running statistics, over (N, C)
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 4, 3, padding=1),
+            nn.BatchNorm1d(4, track_running_stats=False),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32, 6),
+            nn.BatchNorm1d(6),
+            nn.Linear(6, 4),
+        ),
+        (2, 8),
+    ),
 }
 
 
