@@ -221,27 +221,13 @@ class _Interpreter(fx.Interpreter):
 
     def _module_jvp(self, target: str, mod: nn.Module, args, kwargs) -> torch.Tensor:
         """A module without a rule: jvp in its inputs and parameters, on buffer copies."""
-        names = [n for n, _ in mod.named_parameters()]
-        params = {n: q.detach() for n, q in mod.named_parameters()}
         buffers = {n: b.clone() for n, b in mod.named_buffers()}
-        duals = [a for a in _leaves((args, kwargs)) if isinstance(a, Dual)]
+        theta = {n: Dual(q, self.direction.get(f"{target}.{n}")) for n, q in mod.named_parameters()}
 
-        def call(*values):
-            it = iter(values[: len(duals)])
-            swap = lambda a: next(it) if isinstance(a, Dual) else a  # noqa: E731
-            theta = dict(zip(names, values[len(duals) :], strict=True))
-            return functional_call(
-                mod,
-                ({**params, **theta}, buffers),
-                map_aggregate(args, swap),
-                map_aggregate(kwargs, swap),
-            )
+        def call(*inputs, module_parameters, **options):
+            return functional_call(mod, (module_parameters, buffers), inputs, options)
 
-        primals = [d.primal.detach() for d in duals] + [params[n] for n in names]
-        tangents = [
-            torch.zeros_like(d.primal) if d.tangent is None else d.tangent for d in duals
-        ] + [self.direction.get(f"{target}.{n}", torch.zeros_like(params[n])) for n in names]
-        return jvp(call, tuple(primals), tuple(tangents))[1]
+        return _op_jvp(call, args, {**kwargs, "module_parameters": theta})
 
     def get_attr(self, target, args, kwargs):
         value = super().get_attr(target, args, kwargs)  # a parameter read in a forward
@@ -250,8 +236,7 @@ class _Interpreter(fx.Interpreter):
     def call_function(self, target, args, kwargs):
         return self._call(target, args, kwargs)
 
-    def call_method(self, target, args, kwargs):
-        return self._call(target, args, kwargs)
+    call_method = call_function  # a method named by a string: _apply calls it
 
     def _call(self, target, args, kwargs):
         out = self._primal(lambda: _apply(target, _primals(args), _primals(kwargs)))
