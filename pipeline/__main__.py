@@ -213,7 +213,7 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
         "--rounds", type=int, default=5, help="timings of each method, interleaved (quick: >= 6)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="one small case (CPU: resnet8:12), under 2 minutes"
+        "--quick", action="store_true", help="one small case (CPU: resnet8:8), under 2 minutes"
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--out", default="results/bench", help="output folder")

@@ -22,13 +22,14 @@ was allocated when it began (activations, gradients, the teacher's work; not the
 and data already resident): CUDA's allocator statistics on a GPU, the profiler's allocation
 events added up in order on a CPU, the same on every run (the resident set moves with the C
 allocator's granularity). Time: the steps and distill suites set up every method of a case in
-one fresh process and time them in rounds, interleaved (ERM, then every method, then again),
-each timing the fastest of up to 5 windows of its steps, and take each ratio to ERM within its
-round, so that load that comes and goes on a shared machine, and the process's own layout,
-fall on all methods alike; a row gives the median over rounds and the interquartile range of
-its ratio, with a warning where that spread exceeds 10% of the ratio; then each method's peak
-memory over one period of its teacher (2 steps, DIR's 20). Everything runs on one thread.
-`--quick`: the CPU case resnet8:12 alone (a pre-activation ResNet-8, batch norm included), 20
+one fresh process and time it in rounds; in a round each method steps in turn with ERM, each
+step timed alone, and its ratio is to the ERM steps beside it, so that load that comes and
+goes on a shared machine (the 2-core machine these figures come from moved by about 15% from
+one second to the next), and the process's own layout, fall on both alike; a row gives the
+median over rounds and the interquartile range of its ratio, with a warning where it exceeds
+10% of the ratio; then each method's peak memory over one period of its teacher (2 steps,
+DIR's 20). Everything runs on one thread.
+`--quick`: the CPU case resnet8:8 alone (a pre-activation ResNet-8, batch norm included), 20
 steps a timing, 6 rounds (under 2 minutes). Needs torch only (no workflow engine), so it runs
 on a bare GPU machine with PYTHONPATH=.
 """
@@ -89,8 +90,8 @@ REVERSE = [("dir", b) for b in BACKS] + [
     (f"dlf_{how}", t) for how in ("segments", "stored") for t in LENGTHS
 ]
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
-QUICK_CASES = {"cpu": "resnet8:12", "cuda": "resnet32:512"}  # ERM: about 30 ms on a CPU
-QUICK_STEPS = 20  # at least, per timing: one window
+QUICK_CASES = {"cpu": "resnet8:8", "cuda": "resnet32:512"}  # ERM: about 25 ms on a CPU
+QUICK_STEPS = 20  # at least, per timing: a period of every teacher (DIR: K = 20)
 ROUNDS = 5  # timings of each method, interleaved in one process
 QUICK_ROUNDS = 6
 SPREAD_WARNING = 0.10  # interquartile range of a ratio, relative to the ratio
@@ -163,24 +164,19 @@ def _peak_mb(dev: torch.device, work: Callable[[], None]) -> float:
     return peak / 2**20
 
 
-WINDOWS = 5  # a measurement's steps are timed in up to this many windows; the fastest counts
-MIN_WINDOW = 20  # steps: a window holds a whole period of every method (DIR: K = 20)
-
-
-def _fastest_step(one_step, first: int, steps: int, dev: torch.device) -> float:
-    """Seconds per step of `steps` steps from step number `first`, timed in WINDOWS windows:
-    the fastest window counts, as what other processes take from a window only adds time."""
-    per_window = max(steps // WINDOWS, MIN_WINDOW)
-    fastest, done = float("inf"), 0
-    while done < steps:
-        count = min(per_window, steps - done)
-        start = time.perf_counter()
-        for i in range(count):
-            one_step(first + done + i)
-        _sync(dev)
-        fastest = min(fastest, (time.perf_counter() - start) / count)
-        done += count
-    return fastest
+def _paired_steps(reference, method, first: int, steps: int, dev: torch.device):
+    """Seconds per step of ERM (`reference`) and of a method over `steps` steps from step
+    number `first`, the two stepping in turn and each step timed alone, so that every method
+    step has an ERM step beside it under the same load: on this kind of machine the speed
+    moves by about 15% from one second to the next."""
+    seconds = [0.0, 0.0]
+    for i in range(first, first + steps):
+        for which, one_step in enumerate((reference, method)):
+            start = time.perf_counter()
+            one_step(i)
+            _sync(dev)
+            seconds[which] += time.perf_counter() - start
+    return seconds[0] / steps, seconds[1] / steps
 
 
 def memory_window(variant: str) -> int:
@@ -194,29 +190,35 @@ def memory_window(variant: str) -> int:
 def measure_case(
     model_name: str, batch: int, variants: list[str], steps: int, device: str, rounds: int
 ) -> dict:
-    """Milliseconds per step of every variant in each of `rounds` rounds, all in this process
-    and interleaved (ERM, then each method, then again), so that a round's ratios to ERM
-    share the process's memory layout and the machine's load of that moment; then each
+    """Milliseconds per step of every method in each of `rounds` rounds, all in this process:
+    in a round each method steps in turn with ERM (`_paired_steps`), so that its ratio to ERM
+    shares the process's memory layout and the machine's load of that moment (`erm_beside`:
+    ERM's times beside each method; ERM's own time in a round is their median); then each
     variant's peak memory over its memory window: what the others hold was allocated before
     that window, so each peak is the variant's own."""
     setups = {}
     for variant in variants:
         kind, settings = {**VARIANTS, **DISTILL_VARIANTS}[variant]
-        total = steps * rounds + memory_window(variant) + 1
+        paired = len(variants) - 1 if variant == "erm" else 1  # ERM steps beside each method
+        total = steps * rounds * paired + memory_window(variant) + 1
         _, one_step, dev = _setup(model_name, batch, kind, settings, total, device)
         one_step(0)  # warm-up: allocator, kernels, momentum buffers
         setups[variant] = one_step
     times: dict[str, list[float]] = {v: [] for v in variants}
+    beside: dict[str, list[float]] = {v: [] for v in variants}  # ERM's, paired with each
     for r in range(rounds):
-        for variant, one_step in setups.items():
-            seconds = _fastest_step(one_step, 1 + r * steps, steps, dev)
+        for variant in variants[1:]:
+            erm, seconds = _paired_steps(setups["erm"], setups[variant], 1 + r * steps, steps, dev)
+            beside[variant].append(1000 * erm)
             times[variant].append(1000 * seconds)
+        times["erm"].append(statistics.median(beside[v][-1] for v in variants[1:]))
+    beside["erm"] = times["erm"]
     first = 1 + rounds * steps
     peaks = {}
     for variant, one_step in setups.items():
         window = range(first, first + memory_window(variant))
         peaks[variant] = _peak_mb(dev, lambda f=one_step, w=window: [f(i) for i in w])
-    return {"device": dev.type, "times": times, "peak_mb": peaks}
+    return {"device": dev.type, "times": times, "erm_beside": beside, "peak_mb": peaks}
 
 
 def measure_epoch(
@@ -316,16 +318,16 @@ def median_iqr(values: list[float]) -> tuple[float, float]:
 
 
 def timed_rows(model_name, batch, variants, steps, device, rounds) -> list[dict]:
-    """Every variant's time in `rounds` interleaved rounds (ratios to the same round's ERM)
+    """Every variant's time in `rounds` interleaved rounds (ratios to the ERM steps beside it)
     and its peak memory, from one fresh process."""
     assert next(iter(variants)) == "erm"  # the first row is the reference
     args = (model_name, batch, ",".join(variants), str(steps), device, str(rounds))
     found = _in_fresh_process("case", *args)
-    times, peaks = found["times"], found["peak_mb"]
+    times, beside, peaks = found["times"], found["erm_beside"], found["peak_mb"]
     rows = []
     for variant in variants:
         ratio, spread = median_iqr(
-            [t / e for t, e in zip(times[variant], times["erm"], strict=True)]
+            [t / e for t, e in zip(times[variant], beside[variant], strict=True)]
         )
         memory = peaks[variant] / max(peaks["erm"], 1e-9)
         row = {

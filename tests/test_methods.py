@@ -252,22 +252,26 @@ def test_bench_times_an_epoch_in_each_setting(tmp_path):
     assert (tmp_path / "epoch_cpu.csv").read_text().startswith("device,model,batch,method,images")
 
 
-def test_a_timing_counts_its_fastest_window():
-    """Load that lands on one window (here: the first two steps are slow) is not counted."""
+def test_a_method_steps_in_turn_with_erm():
+    """Each method step has an ERM step beside it, and each step's time counts to its own."""
     import time
 
-    from pipeline.bench import MIN_WINDOW, WINDOWS, _fastest_step
+    from pipeline.bench import _paired_steps
 
     seen = []
 
-    def one_step(i):
-        seen.append(i)
-        time.sleep(0.05 if i < 3 else 0.001)
+    def stepper(name, seconds):
+        def one_step(i):
+            seen.append((name, i))
+            time.sleep(seconds)
 
-    steps = WINDOWS * MIN_WINDOW
-    seconds = _fastest_step(one_step, 1, steps, torch.device("cpu"))
-    # the first window averages 6 ms a step; the others 1 ms (plus sleep's overshoot)
-    assert seen == list(range(1, steps + 1)) and seconds < 0.004
+        return one_step
+
+    erm, method = _paired_steps(
+        stepper("erm", 0.001), stepper("m", 0.02), 3, 4, torch.device("cpu")
+    )
+    assert seen == [(name, i) for i in range(3, 7) for name in ("erm", "m")]
+    assert 0.001 <= erm < method and method >= 0.02  # a sleep only overshoots
 
 
 def test_median_and_interquartile_range():
