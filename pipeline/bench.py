@@ -439,8 +439,9 @@ def write_outputs(rows: list[dict], out_dir: Path, suite: str, device: str) -> N
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], cases, fontsize=8)
         ax.set_title(f"{title} ({device})", fontsize=9)
         ax.axhline(1, color="gray", lw=0.5)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # below the bars, not over them
+    fig.legend(handles, labels, loc="lower center", ncol=len(VARIANTS), fontsize=7)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     save_figure(fig, out_dir / f"{suite}_{device}.png")
 
 
