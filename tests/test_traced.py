@@ -47,6 +47,19 @@ class Mixed(nn.Module):
         return self.head(F.max_pool2d(h, 2).flatten(1))
 
 
+class Reshaped(nn.Module):
+    """A convolution's output reshaped by its own size (a number, not a tensor) for the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.head = nn.Linear(3 * 8 * 8, 4)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.head(h.view(h.size(0), -1))
+
+
 STUDENTS = {  # name -> (model, input shape)
     "mlp_dropout": (
         lambda: build_model("mlp", (1, 6, 6), 4, hidden=[16, 8], dropout=0.3),
@@ -59,6 +72,7 @@ STUDENTS = {  # name -> (model, input shape)
         (3, 8, 8),
     ),
     "mixed": (Mixed, (2, 8, 8)),
+    "reshaped": (Reshaped, (2, 8, 8)),
     "conv1d_norms": (  # batch norm over (N, C, L) without running statistics, over (N, C)
         lambda: nn.Sequential(
             nn.Conv1d(2, 4, 3, padding=1),
@@ -133,6 +147,17 @@ def saved_bytes(run) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         run()
     return total[0]
+
+
+def test_the_recording_keeps_what_the_tangent_rules_read():
+    """The recording forward (Meta-Weight-Net's) keeps the primals a rule reads and no others:
+    the head's input, not the convolution's output, which only a reshape reads."""
+    from pipeline.core.traced import _Interpreter
+
+    graph, fixed = traced(Reshaped())
+    recorded: dict = {}
+    _Interpreter(graph, {}, recorded).run(torch.randn(5, 2, 8, 8), *fixed.values())
+    assert {n.name for n in recorded if isinstance(n, torch.fx.Node)} == {"view"}
 
 
 def test_traced_pass_keeps_for_the_backward_what_a_plain_forward_keeps():

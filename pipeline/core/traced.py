@@ -48,6 +48,9 @@ class Dual:
         self.primal, self.tangent = primal, tangent
 
 
+FOLLOWED = "followed"  # a recording pass's tangent: one that its replay will compute
+
+
 def _leaves(tree) -> list:
     found: list = []
     map_aggregate(tree, found.append)
@@ -145,9 +148,11 @@ LINEAR_FUNCTIONS = {torch.flatten, torch.mean, torch.sum}
 class _Interpreter(fx.Interpreter):
     """Runs a traced student on Dual values (the interpreter frees each after its last use).
 
-    With `recorded` (a dict) the run keeps in it the primals the tangent rules read (`_read`),
-    the dropout masks and the values that are not tensors; with `replay` as well it takes
-    them from there and computes the tangents alone (a primal no rule reads is None)."""
+    With `recorded` (a dict) the run records and computes no tangent: every parameter's
+    tangent is FOLLOWED, and each rule, where it would run, records the primals it reads
+    (`_reads_inputs`, `_reads_output`); the dropout masks and the values that are not tensors
+    are recorded too. With `replay` as well the run takes them from there and computes the
+    tangents alone (a primal no rule reads is None)."""
 
     def __init__(
         self,
@@ -158,7 +163,9 @@ class _Interpreter(fx.Interpreter):
     ):
         super().__init__(graph_module)
         self.direction, self.recorded, self.replay = direction, recorded, replay
-        self.read = _read(graph_module) if recorded is not None else set()
+        self.recording = recorded is not None and not replay
+        named = graph_module.named_parameters(remove_duplicate=False)  # tied: every name
+        self.parameters = {name for name, _ in named} if self.recording else set()
         self.node: fx.Node | None = None
 
     def run_node(self, n: fx.Node):
@@ -166,25 +173,44 @@ class _Interpreter(fx.Interpreter):
         if self.replay and ("value", n) in self.recorded:
             return self.recorded[("value", n)]
         value = super().run_node(n)
-        if self.recorded is not None and not self.replay:
-            if isinstance(value, Dual):
-                if n in self.read:
-                    self.recorded[n] = value.primal.detach()
-            elif n.op.startswith("call"):
-                self.recorded[("value", n)] = value
+        if self.recording and not isinstance(value, Dual) and n.op.startswith("call"):
+            self.recorded[("value", n)] = value
         return value
+
+    def _reads_inputs(self) -> None:
+        """The running node's tangent rule reads its inputs' primals: record them."""
+        if self.recording:
+            for m in _leaves((self.node.args, self.node.kwargs)):
+                value = self.env.get(m) if isinstance(m, fx.Node) else None
+                if isinstance(value, Dual):
+                    self.recorded[m] = value.primal.detach()
+
+    def _reads_output(self, out: torch.Tensor) -> None:
+        """The running node's tangent rule reads its own primal (ReLU's mask): record it."""
+        if self.recording:
+            self.recorded[self.node] = out.detach()
 
     def _primal(self, compute: Callable[[], torch.Tensor]):
         """The node's primal: computed, or the recorded one when replaying."""
         return self.recorded.get(self.node) if self.replay else compute()
 
+    def _tangent(self, compute: Callable[[], torch.Tensor]):
+        """The node's tangent, outside autograd (FOLLOWED while recording)."""
+        if self.recording:
+            return FOLLOWED
+        with torch.no_grad():
+            return compute()
+
+    def _direction(self, name: str):
+        """The direction's tangent of a parameter (while recording: every one is followed)."""
+        if self.recording:
+            return FOLLOWED if name in self.parameters else None
+        return self.direction.get(name)
+
     def call_module(self, target, args, kwargs):
         mod = self.fetch_attr(target)
-        p = {
-            name: self.direction[f"{target}.{name}"]
-            for name, _ in mod.named_parameters()
-            if f"{target}.{name}" in self.direction
-        }
+        p = {name: self._direction(f"{target}.{name}") for name, _ in mod.named_parameters()}
+        p = {name: tangent for name, tangent in p.items() if tangent is not None}
         primal_args, primal_kwargs = _primals(args), _primals(kwargs)
         if type(mod) is nn.Dropout and mod.training and 0 < mod.p < 1:
             return self._dropout(mod.p, primal_args[0], _tangent_of(args[0]))
@@ -201,11 +227,13 @@ class _Interpreter(fx.Interpreter):
         tangents = [_tangent_of(a) for a in _leaves((args, kwargs))]
         if not p and all(t is None for t in tangents):
             return Dual(out, None)
-        with torch.no_grad():
-            rule = MODULE_RULES.get(type(mod))
-            if rule is not None and len(args) == 1 and not kwargs:
-                return Dual(out, rule(mod, primal_args[0].detach(), tangents[0], p))
-            return Dual(out, self._module_jvp(target, mod, args, kwargs))
+        self._reads_inputs()
+        rule = MODULE_RULES.get(type(mod))
+        if rule is not None and len(args) == 1 and not kwargs:
+            return Dual(
+                out, self._tangent(lambda: rule(mod, primal_args[0].detach(), tangents[0], p))
+            )
+        return Dual(out, self._tangent(lambda: self._module_jvp(target, mod, args, kwargs)))
 
     def _dropout(self, rate: float, x: torch.Tensor, t_x: torch.Tensor | None) -> Dual:
         # The mask drawn as the CPU's dropout draws it, and applied to primal and tangent.
@@ -217,12 +245,12 @@ class _Interpreter(fx.Interpreter):
             if self.recorded is not None:
                 self.recorded[key] = mask
         out = self._primal(lambda: x * mask)
-        return Dual(out, None if t_x is None else t_x * mask)
+        return Dual(out, None if t_x is None else self._tangent(lambda: t_x * mask))
 
     def _module_jvp(self, target: str, mod: nn.Module, args, kwargs) -> torch.Tensor:
         """A module without a rule: jvp in its inputs and parameters, on buffer copies."""
         buffers = {n: b.clone() for n, b in mod.named_buffers()}
-        theta = {n: Dual(q, self.direction.get(f"{target}.{n}")) for n, q in mod.named_parameters()}
+        theta = {n: Dual(q, self._direction(f"{target}.{n}")) for n, q in mod.named_parameters()}
 
         def call(*inputs, module_parameters, **options):
             return functional_call(mod, (module_parameters, buffers), inputs, options)
@@ -231,7 +259,7 @@ class _Interpreter(fx.Interpreter):
 
     def get_attr(self, target, args, kwargs):
         value = super().get_attr(target, args, kwargs)  # a parameter read in a forward
-        return Dual(value, self.direction.get(target)) if isinstance(value, torch.Tensor) else value
+        return Dual(value, self._direction(target)) if isinstance(value, torch.Tensor) else value
 
     def call_function(self, target, args, kwargs):
         return self._call(target, args, kwargs)
@@ -249,42 +277,21 @@ class _Interpreter(fx.Interpreter):
             return out  # shape arithmetic, asserts (recorded as they are)
         if all(_tangent_of(a) is None for a in _leaves((args, kwargs))):
             return Dual(out, None)
-        with torch.no_grad():
-            if target in (F.relu, torch.relu, "relu"):
-                return Dual(out, torch.ops.aten.threshold_backward(args[0].tangent, out, 0))
-            if target in (operator.add, torch.add, "add") and not kwargs:
-                return Dual(out, _plus(_tangent_of(args[0]), _tangent_of(args[1])))
-            if target in LINEAR_METHODS or target in LINEAR_FUNCTIONS:
-                first, *rest = args
-                if _tangent_of(first) is not None and not any(isinstance(a, Dual) for a in rest):
-                    return Dual(out, _apply(target, [first.tangent, *rest], kwargs))
-            return Dual(out, _op_jvp(lambda *a, **k: _apply(target, a, k), args, kwargs))
+        return Dual(out, self._tangent(self._function_rule(target, args, kwargs, out)))
 
-
-def _read(graph: fx.GraphModule) -> set[fx.Node]:
-    """The nodes whose primals a tangent rule reads: ReLU's own output; nothing for additions,
-    reshapes and dropout (its mask is kept); every input of any other node."""
-    read = set()
-    for node in graph.graph.nodes:
-        target = node.target
-        if node.op == "call_module":
-            target = type(graph.get_submodule(node.target))
-            if target is nn.ReLU:
-                read.add(node)
-            if target in (nn.ReLU, nn.Dropout):
-                continue
-        elif node.op not in ("call_function", "call_method"):
-            continue
-        elif target in (F.relu, torch.relu, "relu"):
-            read.add(node)
-            continue
-        addition = target in (operator.add, torch.add, "add") and not node.kwargs
-        others = _leaves((node.args[1:], node.kwargs))
-        reshape = target in LINEAR_METHODS or target in LINEAR_FUNCTIONS
-        if addition or (reshape and not any(isinstance(a, fx.Node) for a in others)):
-            continue
-        read.update(a for a in _leaves((node.args, node.kwargs)) if isinstance(a, fx.Node))
-    return read
+    def _function_rule(self, target, args, kwargs, out) -> Callable[[], torch.Tensor]:
+        """The tangent rule of a function's node, having recorded the primals it reads."""
+        if target in (F.relu, torch.relu, "relu"):
+            self._reads_output(out)
+            return lambda: torch.ops.aten.threshold_backward(args[0].tangent, out, 0)
+        if target in (operator.add, torch.add, "add") and not kwargs:
+            return lambda: _plus(_tangent_of(args[0]), _tangent_of(args[1]))
+        if target in LINEAR_METHODS or target in LINEAR_FUNCTIONS:
+            first, *rest = args
+            if _tangent_of(first) is not None and not any(isinstance(a, Dual) for a in rest):
+                return lambda: _apply(target, [first.tangent, *rest], kwargs)
+        self._reads_inputs()
+        return lambda: _op_jvp(lambda *a, **k: _apply(target, a, k), args, kwargs)
 
 
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
