@@ -60,6 +60,36 @@ class Reshaped(nn.Module):
         return self.head(h.view(h.size(0), -1))
 
 
+class TiedInReverse(nn.Module):
+    """A weight tied between two layers, the one registered first called second (the graph
+    names it by call order) or not at all (the graph has only the other name)."""
+
+    def __init__(self, call_first: bool):
+        super().__init__()
+        self.first = nn.Linear(6, 6, bias=False)
+        self.second = nn.Linear(6, 6, bias=False)
+        self.second.weight = self.first.weight
+        self.head = nn.Linear(6, 4)
+        self.call_first = call_first
+
+    def forward(self, x):
+        h = torch.tanh(self.second(x))
+        return self.head(self.first(h) if self.call_first else h)
+
+
+class Shifted(nn.Module):
+    """A parameter added to the input, whose tangent alone is the sum's (broadcast as the
+    primal is), and a reshape called by keywords only."""
+
+    def __init__(self):
+        super().__init__()
+        self.shift = nn.Parameter(torch.randn(3))
+        self.head = nn.Linear(6, 4)
+
+    def forward(self, x):
+        return self.head(torch.tanh(torch.flatten(input=x + self.shift, start_dim=1)))
+
+
 STUDENTS = {  # name -> (model, input shape)
     "mlp_dropout": (
         lambda: build_model("mlp", (1, 6, 6), 4, hidden=[16, 8], dropout=0.3),
@@ -73,6 +103,9 @@ STUDENTS = {  # name -> (model, input shape)
     ),
     "mixed": (Mixed, (2, 8, 8)),
     "reshaped": (Reshaped, (2, 8, 8)),
+    "tied_called_in_reverse": (lambda: TiedInReverse(call_first=True), (6,)),
+    "tied_first_never_called": (lambda: TiedInReverse(call_first=False), (6,)),
+    "shifted": (Shifted, (2, 3)),
     "conv1d_norms": (  # batch norm over (N, C, L) without running statistics, over (N, C)
         lambda: nn.Sequential(
             nn.Conv1d(2, 4, 3, padding=1),

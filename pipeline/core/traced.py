@@ -173,7 +173,9 @@ class _Interpreter(fx.Interpreter):
         if self.replay and ("value", n) in self.recorded:
             return self.recorded[("value", n)]
         value = super().run_node(n)
-        if self.recording and not isinstance(value, Dual) and n.op.startswith("call"):
+        if self.recording and isinstance(value, Dual):
+            self.recorded[("shape", n)] = value.primal.shape  # for a replay that keeps no primal
+        elif self.recording and n.op.startswith("call"):
             self.recorded[("value", n)] = value
         return value
 
@@ -194,12 +196,15 @@ class _Interpreter(fx.Interpreter):
         """The node's primal: computed, or the recorded one when replaying."""
         return self.recorded.get(self.node) if self.replay else compute()
 
-    def _tangent(self, compute: Callable[[], torch.Tensor]):
-        """The node's tangent, outside autograd (FOLLOWED while recording)."""
+    def _tangent(self, out: torch.Tensor, compute: Callable[[], torch.Tensor]):
+        """The tangent of the node's output `out`, outside autograd (FOLLOWED while recording),
+        in out's shape: a tangent from a bias alone is broadcast as the primal was."""
         if self.recording:
             return FOLLOWED
         with torch.no_grad():
-            return compute()
+            tangent = compute()
+        shape = self.recorded[("shape", self.node)] if out is None else out.shape
+        return tangent if tangent.shape == shape else tangent.expand(shape)
 
     def _direction(self, name: str):
         """The direction's tangent of a parameter (while recording: every one is followed)."""
@@ -231,9 +236,9 @@ class _Interpreter(fx.Interpreter):
         rule = MODULE_RULES.get(type(mod))
         if rule is not None and len(args) == 1 and not kwargs:
             return Dual(
-                out, self._tangent(lambda: rule(mod, primal_args[0].detach(), tangents[0], p))
+                out, self._tangent(out, lambda: rule(mod, primal_args[0].detach(), tangents[0], p))
             )
-        return Dual(out, self._tangent(lambda: self._module_jvp(target, mod, args, kwargs)))
+        return Dual(out, self._tangent(out, lambda: self._module_jvp(target, mod, args, kwargs)))
 
     def _dropout(self, rate: float, x: torch.Tensor, t_x: torch.Tensor | None) -> Dual:
         # The mask drawn as the CPU's dropout draws it, and applied to primal and tangent.
@@ -245,7 +250,7 @@ class _Interpreter(fx.Interpreter):
             if self.recorded is not None:
                 self.recorded[key] = mask
         out = self._primal(lambda: x * mask)
-        return Dual(out, None if t_x is None else self._tangent(lambda: t_x * mask))
+        return Dual(out, None if t_x is None else self._tangent(out, lambda: t_x * mask))
 
     def _module_jvp(self, target: str, mod: nn.Module, args, kwargs) -> torch.Tensor:
         """A module without a rule: jvp in its inputs and parameters, on buffer copies."""
@@ -277,16 +282,16 @@ class _Interpreter(fx.Interpreter):
             return out  # shape arithmetic, asserts (recorded as they are)
         if all(_tangent_of(a) is None for a in _leaves((args, kwargs))):
             return Dual(out, None)
-        return Dual(out, self._tangent(self._function_rule(target, args, kwargs, out)))
+        return Dual(out, self._tangent(out, self._function_rule(target, args, kwargs, out)))
 
     def _function_rule(self, target, args, kwargs, out) -> Callable[[], torch.Tensor]:
         """The tangent rule of a function's node, having recorded the primals it reads."""
-        if target in (F.relu, torch.relu, "relu"):
+        if target in (F.relu, torch.relu, "relu") and args:
             self._reads_output(out)
             return lambda: torch.ops.aten.threshold_backward(args[0].tangent, out, 0)
         if target in (operator.add, torch.add, "add") and not kwargs:
             return lambda: _plus(_tangent_of(args[0]), _tangent_of(args[1]))
-        if target in LINEAR_METHODS or target in LINEAR_FUNCTIONS:
+        if (target in LINEAR_METHODS or target in LINEAR_FUNCTIONS) and args:  # not kwargs-only
             first, *rest = args
             if _tangent_of(first) is not None and not any(isinstance(a, Dual) for a in rest):
                 return lambda: _apply(target, [first.tangent, *rest], kwargs)
@@ -333,11 +338,13 @@ def traced(model: nn.Module) -> tuple[fx.GraphModule, dict] | None:
     return traces[model.training]
 
 
-def _with_aliases(graph: fx.GraphModule, direction: Tensors) -> Tensors:
-    """The direction under every name of a shared (tied) parameter, as the graph reads it."""
-    names = {id(p): n for n, p in graph.named_parameters() if n in direction}
+def _with_aliases(model: nn.Module, graph: fx.GraphModule, direction: Tensors) -> Tensors:
+    """The direction (by the model's names) under every name the graph reads a parameter by:
+    a tied parameter's graph name may be one the model's de-duplicated names do not give."""
+    every_name = model.named_parameters(remove_duplicate=False)
+    ids = {id(p): direction[n] for n, p in every_name if n in direction}
     every = graph.named_parameters(remove_duplicate=False)
-    return {n: direction[names[id(p)]] for n, p in every if id(p) in names}
+    return {n: ids[id(p)] for n, p in every if id(p) in ids}
 
 
 def _head_tangent(head, out: torch.Tensor, tangent: torch.Tensor | None) -> torch.Tensor:
@@ -366,7 +373,9 @@ def forward_with_tangent_traced(
     if trace is None:
         return forward_with_tangent(model, x, direction, head)
     graph, fixed = trace
-    out = _output(_Interpreter(graph, _with_aliases(graph, direction)).run(x, *fixed.values()))
+    out = _output(
+        _Interpreter(graph, _with_aliases(model, graph, direction)).run(x, *fixed.values())
+    )
     return head(out.primal), _head_tangent(head, out.primal, out.tangent)
 
 
@@ -383,7 +392,8 @@ def forward_for_tangents_later(model: nn.Module, x: torch.Tensor):
     out = _output(_Interpreter(graph, {}, recorded).run(x, *fixed.values()))
 
     def tangent(direction: Tensors, head=lambda out: out) -> torch.Tensor:
-        replay = _Interpreter(graph, _with_aliases(graph, direction), recorded, replay=True)
+        aliased = _with_aliases(model, graph, direction)
+        replay = _Interpreter(graph, aliased, recorded, replay=True)
         with torch.no_grad():
             found = _output(replay.run(x, *fixed.values()))
         return _head_tangent(head, out.primal, found.tangent)
