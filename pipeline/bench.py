@@ -91,7 +91,7 @@ REVERSE = [("dir", b) for b in BACKS] + [
 ]
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
 QUICK_CASES = {"cpu": "resnet8:8", "cuda": "resnet32:512"}  # ERM: about 25 ms on a CPU
-QUICK_STEPS = 20  # at least, per timing: a period of every teacher (DIR: K = 20)
+QUICK_STEPS = 20  # per timing: one period of every teacher (DIR: K = 20), one update each
 ROUNDS = 5  # timings of each method, interleaved in one process
 QUICK_ROUNDS = 6
 SPREAD_WARNING = 0.10  # interquartile range of a ratio, relative to the ratio
@@ -196,6 +196,8 @@ def measure_case(
     ERM's times beside each method; ERM's own time in a round is their median); then each
     variant's peak memory over its memory window: what the others hold was allocated before
     that window, so each peak is the variant's own."""
+    if variants[0] != "erm" or len(variants) < 2:
+        raise ValueError(f"bench: a case times ERM first and methods beside it, not {variants}")
     setups = {}
     for variant in variants:
         kind, settings = {**VARIANTS, **DISTILL_VARIANTS}[variant]
@@ -320,7 +322,6 @@ def median_iqr(values: list[float]) -> tuple[float, float]:
 def timed_rows(model_name, batch, variants, steps, device, rounds) -> list[dict]:
     """Every variant's time in `rounds` interleaved rounds (ratios to the ERM steps beside it)
     and its peak memory, from one fresh process."""
-    assert next(iter(variants)) == "erm"  # the first row is the reference
     args = (model_name, batch, ",".join(variants), str(steps), device, str(rounds))
     found = _in_fresh_process("case", *args)
     times, beside, peaks = found["times"], found["erm_beside"], found["peak_mb"]

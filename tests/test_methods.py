@@ -274,6 +274,25 @@ def test_a_method_steps_in_turn_with_erm():
     assert 0.001 <= erm < method and method >= 0.02  # a sleep only overshoots
 
 
+def test_a_ratio_is_to_the_erm_steps_beside_the_method(monkeypatch):
+    """Each round's ratio divides a method's time by ERM's beside it, not by ERM's row."""
+    from pipeline import bench
+
+    found = {
+        "device": "cpu",
+        "times": {"erm": [10.0, 10.0, 10.0], "mwn": [30.0, 60.0, 36.0]},
+        "erm_beside": {"erm": [10.0, 10.0, 10.0], "mwn": [10.0, 20.0, 12.0]},  # load came
+        "peak_mb": {"erm": 2.0, "mwn": 3.0},
+    }
+    monkeypatch.setattr(bench, "_in_fresh_process", lambda *args: found)
+    erm, mwn = bench.timed_rows("mlp", 8, ["erm", "mwn"], 20, "cpu", 3)
+    assert (erm["time_vs_erm"], erm["time_vs_erm_iqr"]) == (1, 0)
+    assert (mwn["time_vs_erm"], mwn["time_vs_erm_iqr"], mwn["ms_per_step"]) == (3, 0, 36)
+    assert mwn["memory_vs_erm"] == 1.5
+    with pytest.raises(ValueError, match="ERM first"):
+        bench.measure_case("mlp", 8, ["mwn", "erm"], 2, "cpu", 1)
+
+
 def test_median_and_interquartile_range():
     from pipeline.bench import median_iqr
 
