@@ -168,7 +168,8 @@ def _paired_steps(reference, method, first: int, steps: int, dev: torch.device):
     """Seconds per step of ERM (`reference`) and of a method over `steps` steps from step
     number `first`, the two stepping in turn and each step timed alone, so that every method
     step has an ERM step beside it under the same load: on this kind of machine the speed
-    moves by about 15% from one second to the next."""
+    moves by about 15% from one second to the next. Each step starts from the caches the
+    other left, on both sides alike."""
     seconds = [0.0, 0.0]
     for i in range(first, first + steps):
         for which, one_step in enumerate((reference, method)):
