@@ -30,7 +30,7 @@ median over rounds and the interquartile range of its ratio, with a warning wher
 10% of the ratio; then each method's peak memory over one period of its teacher (2 steps,
 DIR's 20). Everything runs on one thread.
 `--quick`: the CPU case resnet8:8 alone (a pre-activation ResNet-8, batch norm included), 20
-steps a timing, 6 rounds (under 2 minutes). Needs torch only (no workflow engine), so it runs
+steps a timing, 5 rounds (under 2 minutes). Needs torch only (no workflow engine), so it runs
 on a bare GPU machine with PYTHONPATH=.
 """
 
@@ -93,7 +93,7 @@ DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn
 QUICK_CASES = {"cpu": "resnet8:8", "cuda": "resnet32:512"}  # ERM: about 25 ms on a CPU
 QUICK_STEPS = 20  # per timing: one period of every teacher (DIR: K = 20), one update each
 ROUNDS = 5  # timings of each method, interleaved in one process
-QUICK_ROUNDS = 6
+QUICK_ROUNDS = 5
 SPREAD_WARNING = 0.10  # interquartile range of a ratio, relative to the ratio
 DISTILL_CASES = {"cpu": "minilm_l3:16", "cuda": "minilm_l3:32"}
 EPOCH_VARIANTS = {  # row -> (channels last, bf16 autocast, torch.compile mode or None)
