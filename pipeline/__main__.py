@@ -210,7 +210,7 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
         "--steps", type=int, default=20, help="timed steps per measurement (steps, distill)"
     )
     parser.add_argument(
-        "--rounds", type=int, default=5, help="timings of each method, interleaved (quick: >= 6)"
+        "--rounds", type=int, default=5, help="timings of each method beside ERM (quick: >= 5)"
     )
     parser.add_argument(
         "--quick", action="store_true", help="one small case (CPU: resnet8:8), under 2 minutes"

@@ -92,7 +92,7 @@ REVERSE = [("dir", b) for b in BACKS] + [
 DEFAULT_CASES = {"cpu": "mlp:100,mlp:512,resnet32:32", "cuda": "resnet32:512,wrn_28_10:100"}
 QUICK_CASES = {"cpu": "resnet8:8", "cuda": "resnet32:512"}  # ERM: about 25 ms on a CPU
 QUICK_STEPS = 20  # per timing: one period of every teacher (DIR: K = 20), one update each
-ROUNDS = 5  # timings of each method, interleaved in one process
+ROUNDS = 5  # timings of each method, each paired with ERM, in one process
 QUICK_ROUNDS = 5
 SPREAD_WARNING = 0.10  # interquartile range of a ratio, relative to the ratio
 DISTILL_CASES = {"cpu": "minilm_l3:16", "cuda": "minilm_l3:32"}
