@@ -352,3 +352,15 @@ def test_the_update_refuses_a_non_finite_gradient_or_parameter(lr, found):
     with pytest.raises(NonFinite, match=found):
         student.update(loss)
     assert torch.equal(model.weight, before)  # nothing applied
+
+
+def test_the_finite_screen_passes_an_overflowing_sum_and_names_the_bad_tensor():
+    from pipeline.core.student import NonFinite, first_bad
+
+    big = torch.full((4,), 3e38)  # every element finite, its float32 sum infinite
+    first_bad("gradient", {"big": big, "small": torch.ones(2)}, 1)  # does not raise
+    with pytest.raises(NonFinite, match="step 7: the gradient of late is not finite"):
+        first_bad("gradient", {"big": big, "late": torch.tensor([1.0, float("nan")])}, 7)
+    with pytest.raises(NonFinite, match="the parameter of mixed is not finite"):  # inf - inf
+        first_bad("parameter", {"mixed": torch.tensor([float("inf"), -float("inf")])}, 2)
+    first_bad("gradient", {}, 1)
