@@ -157,6 +157,19 @@ def test_adam_meta_gradient_is_finite_through_zero_second_moments():
     assert torch.isfinite(d).all()
 
 
+def test_adam_takes_the_same_step_with_and_without_a_derivative_through_it():
+    """The plain sqrt of a step no derivative goes through equals the guarded one, zeros
+    included: the same new parameters and moments, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    theta = {"w": torch.randn(64, 33, generator=g)}
+    grad = torch.randn(64, 33, generator=g).masked_fill(torch.rand(64, 33, generator=g) < 0.2, 0)
+    with torch.no_grad():
+        plain, plain_state = AdamRule(0.1).step(theta, {"w": grad}, {})
+    guarded, guarded_state = AdamRule(0.1).step(theta, {"w": grad.requires_grad_()}, {})
+    assert torch.equal(plain["w"], guarded["w"].detach())
+    assert torch.equal(plain_state["exp_avg_sq/w"], guarded_state["exp_avg_sq/w"].detach())
+
+
 def virtual_step_reference(model, rule, momentum, signal_loss, val_x, val_y):
     """Double backward through theta' = step(theta, grad_theta L(theta, signal)), returning
     R(theta') as a differentiable function of whatever `signal_loss(params)` depends on."""

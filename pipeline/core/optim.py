@@ -84,7 +84,10 @@ def sgd_step(
 def _sqrt(v: torch.Tensor) -> torch.Tensor:
     """sqrt with derivative 0 at 0 instead of inf: a parameter whose gradient has always been
     exactly 0 (a dead unit) has v = 0, and 0 * inf would make the meta-gradient NaN. The
-    value is sqrt's, bit for bit."""
+    value is sqrt's, bit for bit (v >= 0), so a step that no derivative goes through takes
+    sqrt itself (the two wheres took two fifths of a plain Adam step's time)."""
+    if not (torch.is_grad_enabled() and v.requires_grad):
+        return v.sqrt()
     positive = v > 0
     return torch.where(positive, torch.where(positive, v, 1.0).sqrt(), 0.0)
 
