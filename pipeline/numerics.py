@@ -1,5 +1,11 @@
-"""CPU numerics: the same bits on every x86-64 machine with AVX2 (`portable`), or the fastest
-kernels of this one (`fast`), set by params.yaml `run.cpu_numerics`.
+"""CPU numerics: kernels pinned to code that every x86-64 machine with AVX2 runs (`portable`),
+or the fastest kernels of this one (`fast`), set by params.yaml `run.cpu_numerics`.
+
+Measured: `portable` gives the same bits on one machine whatever kernels it would pick, and
+across Intel and AMD for runs that do not call torch's float32 sqrt, exp or log: torch hands
+those to MKL's vector math, which is not correctly rounded, and the runs that call them
+differed in their last bits between an AMD EPYC and an Intel Xeon on the COMPATIBLE branch
+(README, "What is reproducible where").
 
 torch, MKL and numpy each pick their kernels per processor at load time, and kernels of
 different vector widths sum in different orders: on one thread a run is deterministic on its
