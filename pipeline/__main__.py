@@ -174,6 +174,33 @@ def cmd_verify(p, args) -> int:
     return verify(p, args.kinds.split(",") if args.kinds else None)
 
 
+def cmd_numerics(p, args) -> int:
+    """Compare this machine's kernels with those that made the committed results; --record:
+    write this machine's as theirs (after regenerating every result here)."""
+    from pipeline.io import read_json, write_json
+
+    numerics.configure(p.run.threads)
+    here = numerics.this_machine()
+    if args.record:
+        if here["cpu_numerics"] != "portable":
+            raise ParamsError(
+                f"the kernels of {here['cpu_numerics']} numerics repeat on no other machine: "
+                "record with run.cpu_numerics portable"
+            )
+        write_json(here, numerics.REFERENCE)
+        print(f"wrote {numerics.REFERENCE}: the kernels of {here['machine']}")
+        return 0
+    if not Path(numerics.REFERENCE).exists():
+        raise FileNotFoundError(f"{numerics.REFERENCE}: no committed kernels to compare with")
+    reference = read_json(numerics.REFERENCE)
+    print(f"{'kernel':10} {'this machine':18} {'committed':18}")
+    for name, digest in sorted(reference["kernels"].items()):
+        mine = here["kernels"].get(name, "-")
+        print(f"{name:10} {mine:18} {digest:18} {'same' if mine == digest else 'DIFFERS'}")
+    print(numerics.summary(reference, here))
+    return 1 if numerics.differences_from(reference, here) else 0
+
+
 def cmd_bench(args) -> None:
     """Step time and peak memory: the methods, the distillation methods, reverse passes."""
     from pipeline.bench import run
@@ -271,6 +298,12 @@ STAGES = {
         cmd_verify,
         lambda s: s.add_argument(
             "--kinds", help="method kinds to check, e.g. erm,l2rw (default: every kind)"
+        ),
+    ),
+    "numerics": (
+        cmd_numerics,
+        lambda s: s.add_argument(
+            "--record", action="store_true", help="write this machine's kernels as the results'"
         ),
     ),
     "bench": (cmd_bench, _bench_args),

@@ -22,10 +22,15 @@ own machine only. `portable` pins each choice to code that every AVX2 CPU runs a
 The environment must be set before torch or numpy loads (`pin`, called by the stage entry);
 the torch flags after (`configure`, called by train and evaluate, which also take their
 device from `pick_device`).
+
+Which kernels compute alike on two machines is measured, not assumed: `fingerprint` digests
+what each kernel family returns on fixed inputs, and results/numerics.json holds the digests
+of the machine that made the committed results (`python -m pipeline numerics` compares).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import sys
@@ -139,3 +144,102 @@ def provenance() -> dict:
         "mkl_cbwr": os.environ.get("MKL_CBWR", "AUTO") if mkl else None,
         "onednn": torch.backends.mkldnn.enabled,
     }
+
+
+REFERENCE = "results/numerics.json"  # the kernels of the machine that made the results
+
+
+def _values(n: int, low: float, high: float):
+    """n float32 values spread over [low, high), the same on every machine (no RNG)."""
+    import torch
+
+    fraction = (torch.arange(n, dtype=torch.int64) * 2654435761 % 2**24).float() / 2**24
+    return fraction * (high - low) + low
+
+
+def _kernels() -> dict:
+    """Each kernel family a run calls, on fixed inputs: name -> a function returning its output."""
+    import torch
+    import torch.nn.functional as F
+
+    a, b = _values(64 * 256, -1, 1).view(64, 256), _values(96 * 256, -1, 1).view(96, 256)
+    image, weight = _values(4 * 8 * 16 * 16, -1, 1), _values(16 * 8 * 9, -1, 1)
+    positive, wide = _values(2**16, 1e-12, 4.0), _values(2**16, -20, 20)
+    return {
+        "matmul": lambda: a @ b.T,
+        "conv2d": lambda: F.conv2d(image.view(4, 8, 16, 16), weight.view(16, 8, 3, 3), padding=1),
+        "sum": lambda: a.sum(dim=1),
+        "softmax": lambda: torch.softmax(a, dim=1),
+        "sqrt": lambda: positive.sqrt(),
+        "log": lambda: positive.log(),
+        "exp": lambda: wide.exp(),
+        "exp2": lambda: wide.exp2(),
+        "tanh": lambda: wide.tanh(),
+        "erf": lambda: wide.erf(),
+    }
+
+
+def fingerprint() -> dict[str, str]:
+    """The SHA-256 (16 hex digits) of each kernel family's output on one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return {
+                name: hashlib.sha256(kernel().contiguous().numpy().tobytes()).hexdigest()[:16]
+                for name, kernel in sorted(_kernels().items())
+            }
+    finally:
+        torch.set_num_threads(threads)
+
+
+def machine() -> str:
+    """This CPU's model name, or the platform's processor where /proc/cpuinfo is absent."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def this_machine() -> dict:
+    """What results/numerics.json records: the CPU, torch, the numerics mode, the digests."""
+    import torch
+
+    return {
+        "machine": machine(),
+        "torch": torch.__version__,
+        "cpu_numerics": in_effect(),
+        "kernels": fingerprint(),
+    }
+
+
+def differences_from(reference: dict, here: dict) -> list[str]:
+    """Why two machines' kernels cannot be compared (one message), else the kernel families
+    that compute otherwise (empty when every one gives the same bits)."""
+    for key in ("torch", "cpu_numerics"):
+        if reference[key] != here[key]:
+            return [f"{key} {here[key]} here, {reference[key]} in {REFERENCE}"]
+    kernels = reference["kernels"]
+    return [k for k in sorted(kernels) if here["kernels"].get(k) != kernels[k]]
+
+
+def summary(reference: dict, here: dict) -> str:
+    """One sentence: whether this machine's kernels compute as the reference machine's."""
+    found = differences_from(reference, here)
+    if not found:
+        return (
+            "this machine's kernels compute as those of the committed results' machine "
+            f"({reference['machine']}): every kernel family the same bits"
+        )
+    if " here, " in found[0]:
+        return f"the kernels cannot be compared: {found[0]}"
+    return (
+        f"this machine ({here['machine']}) computes {', '.join(found)} otherwise than the "
+        f"committed results' machine ({reference['machine']}): runs that call them cannot "
+        "repeat here bit for bit (README, 'What is reproducible where')"
+    )

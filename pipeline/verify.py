@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline import plan
+from pipeline import numerics, plan
 from pipeline.config import Params
 from pipeline.io import log, read_json
 
@@ -190,6 +190,15 @@ def compare(p: Params, run: plan.Run, repo: Path) -> tuple[list[str], list[str]]
     return bits, allowed
 
 
+def kernels_note(p: Params, repo: Path) -> str:
+    """Whether this machine's kernels compute as those that made the committed results."""
+    path = repo / numerics.REFERENCE
+    if not path.exists():
+        return f"{numerics.REFERENCE} is missing: the kernels are not compared"
+    numerics.configure(p.run.threads)
+    return numerics.summary(read_json(path), numerics.this_machine())
+
+
 def verify(p: Params, kinds: list[str] | None = None) -> int:
     """Retrain the sample and print one line per run; 1 if any run differs, else 0."""
     repo = Path.cwd()
@@ -199,6 +208,8 @@ def verify(p: Params, kinds: list[str] | None = None) -> int:
             if not Path(run.file(name)).exists():
                 raise FileNotFoundError(f"{run.file(name)}: no committed run to compare with")
     print(f"verify: {len(runs)} runs, one per method kind, retrained from scratch")
+    kernels = kernels_note(p, repo)
+    print(f"verify: {kernels}")
     failed = 0
     with scratch_directory(repo) as scratch:
         os.chdir(scratch)
@@ -222,4 +233,6 @@ def verify(p: Params, kinds: list[str] | None = None) -> int:
         finally:
             os.chdir(repo)
     print(f"verify: {len(runs) - failed} of {len(runs)} runs agree, {failed} differ")
+    if failed:
+        print(f"verify: {kernels}")
     return 1 if failed else 0

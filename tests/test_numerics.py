@@ -98,6 +98,53 @@ def test_verify_names_a_run_that_differs(workdir):
     assert out.returncode == 1
     assert "DIFFERS" in out.stdout and "digits-mlp-short-clean-erm-seed0" in out.stdout
     assert "history.json [0].val_acc" in out.stdout
+    assert "results/numerics.json is missing" in out.stdout
+    assert stage("numerics", "--record", machine=MACHINES[0]).returncode == 0
+    out = stage("verify", machine=MACHINES[0])
+    assert "every kernel family the same bits" in out.stdout
+
+
+@needs_portable
+def test_numerics_names_the_kernels_this_machine_computes_otherwise(workdir):
+    set_numerics("portable")
+    out = stage("numerics", "--record", machine=MACHINES[0])
+    assert out.returncode == 0, out.stderr
+    out = stage("numerics", machine=MACHINES[1])  # portable: another kernel choice, same bits
+    assert out.returncode == 0 and "every kernel family the same bits" in out.stdout
+    reference = json.loads(Path(numerics.REFERENCE).read_text())
+    reference["kernels"]["sqrt"] = "0" * 16  # as a machine whose sqrt rounds otherwise
+    Path(numerics.REFERENCE).write_text(json.dumps(reference))
+    out = stage("numerics", machine=MACHINES[0])
+    assert out.returncode == 1
+    assert "DIFFERS" in out.stdout and "computes sqrt otherwise" in out.stdout
+    set_numerics("fast")
+    out = stage("numerics", machine=MACHINES[0])
+    assert "cannot be compared: cpu_numerics fast here" in out.stdout
+    assert stage("numerics", "--record", machine=MACHINES[0]).returncode == 2
+
+
+@needs_portable
+def test_the_fingerprint_follows_the_kernel_choice():
+    """Unpinned, torch's kernel level reaches softmax and exp2: the digests see it."""
+    code = "import json; from pipeline import numerics; print(json.dumps(numerics.fingerprint()))"
+    digests = []
+    for machine in MACHINES:
+        env = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **machine, "PYTHONPATH": str(REPO)},
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        digests.append(json.loads(out.stdout))
+    changed = {k for k in digests[0] if digests[0][k] != digests[1][k]}
+    assert {"softmax", "exp2"} <= changed
+    assert numerics.fingerprint() == numerics.fingerprint()
+
+
+def test_the_committed_kernels_are_those_fingerprint_digests():
+    reference = json.loads((REPO / numerics.REFERENCE).read_text())
+    assert reference["cpu_numerics"] == "portable"
+    assert sorted(reference["kernels"]) == sorted(numerics._kernels())
+    assert all(len(d) == 16 and int(d, 16) >= 0 for d in reference["kernels"].values())
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 CPU flags")
