@@ -45,18 +45,24 @@ PORTABLE_ENV = {
 REQUIRED_FLAGS = ("avx2", "fma")  # what the pinned kernels execute
 
 
+def _cpuinfo_field(name: str, cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The first CPU's `name` line of cpuinfo ("" where absent); None if it cannot be read."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    lines = (line for line in text.splitlines() if line.startswith(name))
+    return next((line.split(":", 1)[1].strip() for line in lines), "")
+
+
 def portable_unavailable(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """Why this machine cannot run the portable kernels, or None when it can."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"{platform.machine()} is not x86-64"
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
+    flags = _cpuinfo_field("flags", cpuinfo)
+    if flags is None:
         return f"cannot read the CPU flags ({cpuinfo})"
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")),
-        [],
-    )
+    flags = flags.split()
     missing = [f for f in REQUIRED_FLAGS if f not in flags]
     return f"the CPU lacks {', '.join(missing)}" if missing else None
 
@@ -197,13 +203,7 @@ def fingerprint() -> dict[str, str]:
 
 def machine() -> str:
     """This CPU's model name, or the platform's processor where /proc/cpuinfo is absent."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def this_machine() -> dict:
@@ -218,26 +218,35 @@ def this_machine() -> dict:
     }
 
 
-def differences_from(reference: dict, here: dict) -> list[str]:
-    """Why two machines' kernels cannot be compared (one message), else the kernel families
-    that compute otherwise (empty when every one gives the same bits)."""
+def incomparable(reference: dict, here: dict) -> str | None:
+    """Why two machines' kernels cannot be compared (another torch or numerics mode), or None."""
     for key in ("torch", "cpu_numerics"):
         if reference[key] != here[key]:
-            return [f"{key} {here[key]} here, {reference[key]} in {REFERENCE}"]
+            return f"{key} {here[key]} here, {reference[key]} in {REFERENCE}"
+    return None
+
+
+def differences_from(reference: dict, here: dict) -> list[str]:
+    """Why the kernels cannot be compared (one message), else the kernel families that
+    compute otherwise (empty when every one gives the same bits)."""
+    reason = incomparable(reference, here)
+    if reason:
+        return [reason]
     kernels = reference["kernels"]
     return [k for k in sorted(kernels) if here["kernels"].get(k) != kernels[k]]
 
 
 def summary(reference: dict, here: dict) -> str:
     """One sentence: whether this machine's kernels compute as the reference machine's."""
+    reason = incomparable(reference, here)
+    if reason:
+        return f"the kernels cannot be compared: {reason}"
     found = differences_from(reference, here)
     if not found:
         return (
             "this machine's kernels compute as those of the committed results' machine "
             f"({reference['machine']}): every kernel family the same bits"
         )
-    if " here, " in found[0]:
-        return f"the kernels cannot be compared: {found[0]}"
     return (
         f"this machine ({here['machine']}) computes {', '.join(found)} otherwise than the "
         f"committed results' machine ({reference['machine']}): runs that call them cannot "
