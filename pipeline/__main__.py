@@ -240,9 +240,17 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
         "--rounds", type=int, default=5, help="timings of each method beside ERM (quick: >= 5)"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="one small case (CPU: resnet8:8), under 2 minutes"
+        "--quick",
+        action="store_true",
+        help="one small case (CPU: resnet8:8), under 2 minutes with fast numerics",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--numerics",
+        default="fast",
+        choices=["fast", "portable"],
+        help="CPU kernels: this CPU's fastest, or the workflow's portable ones (run.cpu_numerics)",
+    )
     parser.add_argument("--out", default="results/bench", help="output folder")
 
 
@@ -334,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             add_args(s)
     args = parser.parse_args(argv)
     if args.stage == "bench":  # needs no params.yaml (runs on a bare GPU machine)
+        numerics.pin(args.numerics)  # before the bench loads torch; its processes inherit it
         cmd_bench(args)
         return 0
     try:

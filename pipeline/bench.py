@@ -30,8 +30,11 @@ median over rounds and the interquartile range of its ratio, with a warning wher
 10% of the ratio; then each method's peak memory over one period of its teacher (2 steps,
 DIR's 20). Everything runs on one thread.
 `--quick`: the CPU case resnet8:8 alone (a pre-activation ResNet-8, batch norm included), 20
-steps a timing, 5 rounds (under 2 minutes). Needs torch only (no workflow engine), so it runs
-on a bare GPU machine with PYTHONPATH=.
+steps a timing, 5 rounds (under 2 minutes with `fast` numerics).
+`--numerics`: the CPU kernels of every measurement (pipeline/numerics.py): `fast` (the
+default: each CPU's fastest, oneDNN's convolutions) or `portable`, what the workflow trains
+with (MKL's COMPATIBLE GEMM, im2col convolutions), written to <suite>_portable_cpu.csv.
+Needs torch only (no workflow engine), so it runs on a bare GPU machine with PYTHONPATH=.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline import numerics
 from pipeline.config import ScheduleSpec
 from pipeline.core.student import Student
 from pipeline.io import save_figure, write_text
@@ -307,9 +311,15 @@ def measure_reverse(model_name: str, batch: int, method: str, steps: int, device
 
 
 def _in_fresh_process(*args: str) -> dict:
+    """One measurement in a new process, under this process's numerics (its environment)."""
     cmd = [sys.executable, "-m", "pipeline.bench", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    found = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = "portable" if numerics.pinned_in_environment() else "fast"
+    ran_with = found.pop("cpu_numerics")
+    if ran_with != expected:
+        raise RuntimeError(f"bench: a measurement ran with {ran_with} numerics, not {expected}")
+    return found
 
 
 def median_iqr(values: list[float]) -> tuple[float, float]:
@@ -406,7 +416,10 @@ def run(
                 f"{row['ms']:.0f} ms, peak {row['peak_mb']:.0f} MB",
                 flush=True,
             )
-    write_outputs(rows, Path(out_dir), suite + ("_quick" if quick else ""), device)
+    name = suite + ("_quick" if quick else "")
+    if device == "cpu" and numerics.pinned_in_environment():
+        name += "_portable"
+    write_outputs(rows, Path(out_dir), name, device)
     return rows
 
 
@@ -448,7 +461,9 @@ def write_outputs(rows: list[dict], out_dir: Path, suite: str, device: str) -> N
 
 
 if __name__ == "__main__":  # one measurement, in its own process (see `run`)
-    torch.set_num_threads(1)  # one core per measurement: threads fighting for cores add noise
+    # the parent's numerics (its environment), on one core: threads fighting for cores add noise
+    numerics.pin("portable" if numerics.pinned_in_environment() else "fast")
+    numerics.configure(1)
     if sys.argv[1] == "case":
         name, batch, items, steps, device, rounds = sys.argv[2:]
         found = measure_case(name, int(batch), items.split(","), int(steps), device, int(rounds))
@@ -458,4 +473,4 @@ if __name__ == "__main__":  # one measurement, in its own process (see `run`)
     else:
         suite, name, batch, item, steps, device = sys.argv[1:]
         found = measure_reverse(name, int(batch), item, int(steps), device)
-    print(json.dumps(found))
+    print(json.dumps({**found, "cpu_numerics": numerics.in_effect()}))

@@ -70,12 +70,18 @@ def portable_unavailable(cpuinfo: str = "/proc/cpuinfo") -> str | None:
 _in_effect = "fast"  # what this process's kernels are: set by pin
 
 
+def pinned_in_environment() -> bool:
+    """Whether this process's environment holds the portable kernels' settings (a child
+    process inherits its parent's)."""
+    return all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
+
+
 def pin(mode: str) -> str:
     """Set the environment for `mode` before torch and numpy load; returns the mode in effect.
     That is `fast` where this machine cannot run the portable kernels, and the numerics torch
     loaded with where it is already loaded (a stage called in-process), each with a warning."""
     global _in_effect
-    pinned = all(os.environ.get(k) == v for k, v in PORTABLE_ENV.items())
+    pinned = pinned_in_environment()
     loaded = [m for m in ("torch", "numpy") if m in sys.modules]
     reason = None
     if loaded:

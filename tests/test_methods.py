@@ -330,3 +330,22 @@ def test_bench_times_the_reverse_passes(tmp_path):
     assert all(r["ms"] > 0 for r in rows)
     csv = (tmp_path / "reverse_cpu.csv").read_text()
     assert csv.startswith("device,model,batch,method,steps_back,ms,peak_mb")
+
+
+def test_bench_measures_under_the_portable_numerics(tmp_path, monkeypatch):
+    """--numerics portable reaches every measurement's process, and its CSV says so by name."""
+    from pipeline import bench, numerics
+
+    if numerics.portable_unavailable():
+        pytest.skip(numerics.portable_unavailable())
+    for key, value in numerics.PORTABLE_ENV.items():
+        monkeypatch.setenv(key, value)
+    rows = bench.run("reverse", "mlp:16", 1, "cpu", str(tmp_path), reverse=[("dir", 1)])
+    assert [r["method"] for r in rows] == ["dir"]
+    assert (tmp_path / "reverse_portable_cpu.csv").exists()
+    assert not (tmp_path / "reverse_cpu.csv").exists()
+    for key in numerics.PORTABLE_ENV:  # a child that ran other kernels is refused
+        monkeypatch.delenv(key)
+    monkeypatch.setattr(numerics, "pinned_in_environment", lambda: True)
+    with pytest.raises(RuntimeError, match="ran with fast numerics, not portable"):
+        bench._in_fresh_process("reverse", "mlp", "16", "dir", "1", "cpu")
