@@ -140,6 +140,15 @@ def test_the_fingerprint_follows_the_kernel_choice():
     assert numerics.fingerprint() == numerics.fingerprint()
 
 
+def test_the_sqrt_digest_covers_focal_losss_half_power():
+    """Focal loss with gamma 0.5 raises to the power 0.5, which torch computes with the sqrt
+    kernel: the sqrt digest speaks for it (README, 'What is reproducible where')."""
+    import torch
+
+    x = numerics._values(2**16, 1e-12, 4.0)
+    assert torch.equal(x**0.5, x.sqrt())
+
+
 def test_the_committed_kernels_are_those_fingerprint_digests():
     reference = json.loads((REPO / numerics.REFERENCE).read_text())
     assert reference["cpu_numerics"] == "portable"
