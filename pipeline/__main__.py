@@ -249,7 +249,8 @@ def _bench_args(parser: argparse.ArgumentParser) -> None:
         "--numerics",
         default="fast",
         choices=["fast", "portable"],
-        help="CPU kernels: this CPU's fastest, or the workflow's portable ones (run.cpu_numerics)",
+        help="CPU kernels (a GPU's are not affected): this CPU's fastest, or the workflow's "
+        "portable ones (run.cpu_numerics)",
     )
     parser.add_argument("--out", default="results/bench", help="output folder")
 

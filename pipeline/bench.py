@@ -33,7 +33,8 @@ DIR's 20). Everything runs on one thread.
 steps a timing, 5 rounds (under 2 minutes with `fast` numerics).
 `--numerics`: the CPU kernels of every measurement (pipeline/numerics.py): `fast` (the
 default: each CPU's fastest, oneDNN's convolutions) or `portable`, what the workflow trains
-with (MKL's COMPATIBLE GEMM, im2col convolutions), written to <suite>_portable_cpu.csv.
+with (MKL's COMPATIBLE GEMM, im2col convolutions), written to <suite>[_quick]_portable_cpu.csv;
+each measurement's process reports its kernels and one that is not the portable set is refused.
 Needs torch only (no workflow engine), so it runs on a bare GPU machine with PYTHONPATH=.
 """
 
@@ -315,11 +316,21 @@ def _in_fresh_process(*args: str) -> dict:
     cmd = [sys.executable, "-m", "pipeline.bench", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     found = json.loads(out.stdout.strip().splitlines()[-1])
-    expected = "portable" if numerics.pinned_in_environment() else "fast"
-    ran_with = found.pop("cpu_numerics")
-    if ran_with != expected:
-        raise RuntimeError(f"bench: a measurement ran with {ran_with} numerics, not {expected}")
+    kernels, mode = found.pop("kernels"), numerics.in_effect()
+    if kernels["cpu_numerics"] != mode:
+        wrong = f"{kernels['cpu_numerics']} numerics"
+    else:
+        wrong = unlike_portable(kernels) if mode == "portable" else None
+    if wrong:
+        raise RuntimeError(f"bench: a measurement meant for {mode} numerics ran with {wrong}")
     return found
+
+
+def unlike_portable(kernels: dict) -> str | None:
+    """What of a process's kernels (numerics.provenance) is not the portable set, or None."""
+    expected = {"cpu_capability": "AVX2", "mkl_cbwr": "COMPATIBLE,STRICT", "onednn": False}
+    found = [f"{k} {kernels.get(k)}" for k, v in expected.items() if kernels.get(k) != v]
+    return ", ".join(found) or None
 
 
 def median_iqr(values: list[float]) -> tuple[float, float]:
@@ -417,7 +428,7 @@ def run(
                 flush=True,
             )
     name = suite + ("_quick" if quick else "")
-    if device == "cpu" and numerics.pinned_in_environment():
+    if device == "cpu" and numerics.in_effect() == "portable":
         name += "_portable"
     write_outputs(rows, Path(out_dir), name, device)
     return rows
@@ -473,4 +484,4 @@ if __name__ == "__main__":  # one measurement, in its own process (see `run`)
     else:
         suite, name, batch, item, steps, device = sys.argv[1:]
         found = measure_reverse(name, int(batch), item, int(steps), device)
-    print(json.dumps({**found, "cpu_numerics": numerics.in_effect()}))
+    print(json.dumps({**found, "kernels": numerics.provenance()}))

@@ -88,17 +88,19 @@ def pin(mode: str) -> str:
         effective = "portable" if pinned else "fast"
         if effective != mode:
             reason = f"{' and '.join(loaded)} already loaded in this process"
-    elif mode == "portable":
-        reason = portable_unavailable()
-        effective = "fast" if reason else "portable"
-        if not reason:
-            os.environ.update(PORTABLE_ENV)
     else:
-        effective = mode
+        reason = portable_unavailable() if mode == "portable" else None
+        effective = "fast" if reason else mode
+        if effective == "portable":
+            os.environ.update(PORTABLE_ENV)
+        else:  # settings inherited from a shell would pin the kernels all the same
+            for key, value in PORTABLE_ENV.items():
+                if os.environ.get(key) == value:
+                    del os.environ[key]
     if reason:
         warnings.warn(
-            f"run.cpu_numerics {mode} cannot apply ({reason}): this run uses {effective} "
-            "numerics, recorded in its metrics.json",
+            f"cpu_numerics {mode} cannot apply ({reason}): this process uses {effective} "
+            "numerics (a run records them in its metrics.json)",
             stacklevel=2,
         )
     _in_effect = effective

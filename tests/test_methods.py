@@ -4,6 +4,9 @@ and the baselines do what the paper says they do."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -332,20 +335,38 @@ def test_bench_times_the_reverse_passes(tmp_path):
     assert csv.startswith("device,model,batch,method,steps_back,ms,peak_mb")
 
 
-def test_bench_measures_under_the_portable_numerics(tmp_path, monkeypatch):
-    """--numerics portable reaches every measurement's process, and its CSV says so by name."""
-    from pipeline import bench, numerics
+def test_bench_measures_under_the_numerics_asked_for(tmp_path):
+    """--numerics reaches every measurement's process, whatever the shell holds, and the CSV
+    says which by its name."""
+    from conftest import REPO
+
+    from pipeline import numerics
 
     if numerics.portable_unavailable():
         pytest.skip(numerics.portable_unavailable())
-    for key, value in numerics.PORTABLE_ENV.items():
-        monkeypatch.setenv(key, value)
-    rows = bench.run("reverse", "mlp:16", 1, "cpu", str(tmp_path), reverse=[("dir", 1)])
-    assert [r["method"] for r in rows] == ["dir"]
-    assert (tmp_path / "reverse_portable_cpu.csv").exists()
-    assert not (tmp_path / "reverse_cpu.csv").exists()
-    for key in numerics.PORTABLE_ENV:  # a child that ran other kernels is refused
-        monkeypatch.delenv(key)
-    monkeypatch.setattr(numerics, "pinned_in_environment", lambda: True)
-    with pytest.raises(RuntimeError, match="ran with fast numerics, not portable"):
+    shell = {k: v for k, v in os.environ.items() if k not in numerics.PORTABLE_ENV}
+    for mode, held, csv in (("portable", {}, "steps_portable_cpu.csv"),
+                            ("fast", numerics.PORTABLE_ENV, "steps_cpu.csv")):  # fmt: skip
+        out = tmp_path / mode
+        subprocess.run(
+            [sys.executable, "-m", "pipeline", "bench", "--cases", "mlp:8", "--steps", "2",
+             "--rounds", "1", "--numerics", mode, "--out", str(out)],
+            env={**shell, **held, "PYTHONPATH": str(REPO)}, check=True, capture_output=True,
+        )  # fmt: skip
+        assert [p.name for p in out.glob("*.csv")] == [csv]
+
+
+def test_bench_refuses_a_measurement_that_ran_other_kernels(monkeypatch):
+    from pipeline import bench, numerics
+    from pipeline.bench import unlike_portable
+
+    for key in numerics.PORTABLE_ENV:  # the child runs this CPU's fastest kernels
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(numerics, "in_effect", lambda: "portable")
+    with pytest.raises(RuntimeError, match="meant for portable numerics ran with fast numerics"):
         bench._in_fresh_process("reverse", "mlp", "16", "dir", "1", "cpu")
+
+    portable = {"cpu_capability": "AVX2", "mkl_cbwr": "COMPATIBLE,STRICT", "onednn": False}
+    assert unlike_portable(portable) is None
+    assert unlike_portable({**portable, "onednn": True}) == "onednn True"
+    assert unlike_portable({**portable, "cpu_capability": "AVX512"}) == "cpu_capability AVX512"

@@ -140,9 +140,10 @@ def test_the_fingerprint_follows_the_kernel_choice():
     assert numerics.fingerprint() == numerics.fingerprint()
 
 
-def test_the_sqrt_digest_covers_focal_losss_half_power():
-    """Focal loss with gamma 0.5 raises to the power 0.5, which torch computes with the sqrt
-    kernel: the sqrt digest speaks for it (README, 'What is reproducible where')."""
+def test_a_half_power_uses_the_sqrt_kernel():
+    """Focal loss with gamma 0.5 raises to the power 0.5 in its forward, which torch computes
+    with the sqrt kernel: the sqrt digest speaks for that (README, 'What is reproducible
+    where'; its backward's power -0.5 is rsqrt, which no digest covers)."""
     import torch
 
     x = numerics._values(2**16, 1e-12, 4.0)
