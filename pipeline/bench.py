@@ -328,7 +328,11 @@ def _in_fresh_process(*args: str) -> dict:
 
 def unlike_portable(kernels: dict) -> str | None:
     """What of a process's kernels (numerics.provenance) is not the portable set, or None."""
-    expected = {"cpu_capability": "AVX2", "mkl_cbwr": "COMPATIBLE,STRICT", "onednn": False}
+    expected = {
+        "cpu_capability": numerics.PORTABLE_ENV["ATEN_CPU_CAPABILITY"].upper(),
+        "mkl_cbwr": numerics.PORTABLE_ENV["MKL_CBWR"],
+        "onednn": False,  # numerics.configure turns it off
+    }
     found = [f"{k} {kernels.get(k)}" for k, v in expected.items() if kernels.get(k) != v]
     return ", ".join(found) or None
 
