@@ -5,7 +5,7 @@ Measured: `portable` gives the same bits on one machine whatever kernels it woul
 across Intel and AMD for runs that do not call torch's float32 sqrt, exp or log: torch hands
 those to MKL's vector math, which is not correctly rounded, and the runs that call them
 differed in their last bits between an AMD EPYC and an Intel Xeon on the COMPATIBLE branch
-(README, "What is reproducible where").
+(docs/reproducibility.md).
 
 torch, MKL and numpy each pick their kernels per processor at load time, and kernels of
 different vector widths sum in different orders: on one thread a run is deterministic on its
@@ -258,5 +258,5 @@ def summary(reference: dict, here: dict) -> str:
     return (
         f"this machine ({here['machine']}) computes {', '.join(found)} otherwise than the "
         f"committed results' machine ({reference['machine']}): runs that call them cannot "
-        "repeat here bit for bit (README, 'What is reproducible where')"
+        "repeat here bit for bit (docs/reproducibility.md)"
     )

@@ -142,8 +142,8 @@ def test_the_fingerprint_follows_the_kernel_choice():
 
 def test_a_half_power_uses_the_sqrt_kernel():
     """Focal loss with gamma 0.5 raises to the power 0.5 in its forward, which torch computes
-    with the sqrt kernel: the sqrt digest speaks for that (README, 'What is reproducible
-    where'; its backward's power -0.5 is rsqrt, which no digest covers)."""
+    with the sqrt kernel: the sqrt digest speaks for that (docs/reproducibility.md; its
+    backward's power -0.5 is rsqrt, which no digest covers)."""
     import torch
 
     x = numerics._values(2**16, 1e-12, 4.0)

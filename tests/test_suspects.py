@@ -166,7 +166,7 @@ def test_the_suspects_stage_writes_tables_and_a_contact_sheet(prepared, tiny_raw
 
 
 def test_labels_as_given_get_suspects_but_no_detection(prepared):
-    """The README's own-data example: no label corrupted, so no detection table or curve;
+    """docs/own-data.md's example: no label corrupted, so no detection table or curve;
     the suspects and a figure that says there is nothing to detect."""
     assert main(["noise", "--dataset", "digits", "--noise", "clean", "--seeds", "0,1"]) == 0
     raw = yaml.safe_load(Path("params.yaml").read_text())

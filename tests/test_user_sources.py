@@ -107,7 +107,7 @@ def test_an_empty_image_folder_is_refused(tmp_path):
 
 
 def test_l2rw_runs_on_the_users_own_csv_and_names_its_suspects(workdir, tiny_raw):
-    """The README's example: a CSV with its label column and ids, its labels as given and
+    """docs/own-data.md's example: a CSV with its label column and ids, its labels as given and
     with uniform noise, ERM and L2RW, through the stages, from params.yaml to the table and
     the suspects (with the user's ids; detection figures only where labels were flipped)."""
     import pandas as pd

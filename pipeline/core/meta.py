@@ -11,7 +11,7 @@ where A = d theta' / d grad is the (linear) Jacobian of the optimiser step and J
 directional derivative of z_i along d. All J_i d of a batch come from ONE forward-mode JVP of
 the student, and the teacher's gradient is an ordinary backward through the teacher with the
 tangents held fixed: no double backward through the student, any architecture, batch norm
-included. (README, "The shared teaching core"; tests/test_core.py checks each identity
+included. (docs/methods.md; tests/test_core.py checks each identity
 against double backward through the virtual step in float64.)
 
 Batch norm: the look-ahead's validation forward runs in train mode on *copies* of the buffers,
