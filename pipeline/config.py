@@ -70,6 +70,10 @@ class DatasetSpec:
     label: str = "label"  # table: the column of integer class labels
     id_column: str | None = None  # table: a column of example ids (not a feature)
     image_size: PositiveInt = 32  # image_folder: images are resized to this square
+    # the rows checked by hand (a noise setting's `val_trusted` makes them the validation
+    # split): table: a file of the same columns; image_folder: a folder of class folders
+    val_path: str | None = None
+    trusted_column: str | None = None  # table: a column of 0/1 marking the trusted rows
 
     def check(self, where: str) -> None:
         from pipeline.catalog import CATALOG
@@ -78,6 +82,7 @@ class DatasetSpec:
             raise ParamsError(
                 f"{where}.source: unknown source {self.source!r} (known: {', '.join(CATALOG)})"
             )
+        self._check_trusted(where)
         facts = self.facts
         if facts.user:  # nothing is known of the user's files before the prepare stage
             return
@@ -91,6 +96,19 @@ class DatasetSpec:
                 f"{where}.test_size: a test split of {self.test_size} leaves none of the "
                 f"{examples} examples to train on"
             )
+
+    def _check_trusted(self, where: str) -> None:
+        takes = {"table": ("val_path", "trusted_column"), "image_folder": ("val_path",)}
+        for key in ("val_path", "trusted_column"):
+            if getattr(self, key) is not None and key not in takes.get(self.source, ()):
+                sources = [s for s, keys in takes.items() if key in keys]
+                raise ParamsError(f"{where}.{key}: only for source {' or '.join(sources)}")
+        if self.val_path is not None and self.trusted_column is not None:
+            raise ParamsError(f"{where}: give val_path or trusted_column, not both")
+
+    @property
+    def has_trusted_rows(self) -> bool:
+        return self.val_path is not None or self.trusted_column is not None
 
     @property
     def facts(self):
@@ -142,6 +160,8 @@ class NoiseSpec:
         source and target token becomes <mask> with prob. `token_rate` (deep-interactions
         paper, section 4.5).
     train_size (other kinds): keep a random subset of that many training examples.
+    val_trusted: the dataset's trusted rows (its `val_path` or `trusted_column`) are the clean
+        validation split, instead of val_size or val_per_class rows drawn at random.
     """
 
     kind: Literal[tuple(NOISE_FIELDS)]  # type: ignore[valid-type]
@@ -154,6 +174,7 @@ class NoiseSpec:
     train_size: PositiveInt | None = None
     labels: PositiveInt | None = None
     token_rate: Fraction | None = None
+    val_trusted: bool = False
 
     def check(self, where: str) -> None:
         for key in NOISE_FIELDS[self.kind]:
@@ -161,13 +182,29 @@ class NoiseSpec:
                 raise ParamsError(f"{where}.{key}: required for kind {self.kind}")
         if self.classes is not None and self.classes[0] == self.classes[1]:
             raise ParamsError(f"{where}.classes: two different classes")
-        if self.val_size is not None and self.val_per_class is not None:
-            raise ParamsError(f"{where}: give val_size or val_per_class, not both")
-        if self.kind != "few_labels" and self.val_size is None and self.val_per_class is None:
-            raise ParamsError(f"{where}.val_size: required (or val_per_class)")
+        given = [k for k in ("val_size", "val_per_class") if getattr(self, k) is not None]
+        if self.val_trusted:
+            given.append("val_trusted")
+        if len(given) > 1:
+            raise ParamsError(f"{where}: give one of {' or '.join(given)}, not both")
+        if self.kind in ("few_labels", "imbalance") and self.val_trusted:
+            raise ParamsError(f"{where}.val_trusted: not for kind {self.kind}")
+        if self.kind != "few_labels" and not given:
+            raise ParamsError(f"{where}.val_size: required (or val_per_class, or val_trusted)")
 
     def check_fits(self, where: str, data: DatasetSpec, used_by: str) -> None:
         """The split and classes fit `data` (the dataset of experiment `used_by`)."""
+        if self.val_trusted and not data.has_trusted_rows:
+            raise ParamsError(
+                f"{where}.val_trusted: dataset {data.source} (used by {used_by}) marks no "
+                "trusted rows: give it val_path or trusted_column"
+            )
+        if data.has_trusted_rows and not self.val_trusted:
+            raise ParamsError(
+                f"{where}.val_trusted: dataset {data.source} (used by {used_by}) marks trusted "
+                "rows; set val_trusted: true so they are the validation split (otherwise they "
+                "would be drawn into training at random)"
+            )
         if data.facts.user:  # checked when the noise stage reads the prepared data
             return
         translation = data.facts.task == "translation"

@@ -114,14 +114,31 @@ def transition_matrix(clean: torch.Tensor, noisy: torch.Tensor, num_classes: int
     return counts / counts.sum(1, keepdim=True).clamp_min(1)
 
 
+def _trusted(data: RawDataset, spec: NoiseSpec) -> torch.Tensor | None:
+    """The rows that a `val_trusted` setting makes the validation split (None: not asked)."""
+    if not spec.val_trusted:
+        return None
+    if data.is_trusted is None or not data.is_trusted.any():
+        raise ValueError(
+            f"{data.name}: val_trusted, but the prepared data marks no trusted row (give the "
+            "dataset a val_path or trusted_column, then rerun its prepare stage)"
+        )
+    if (data.is_trusted & data.is_test).any():
+        raise ValueError(f"{data.name}: a trusted row is in the source's own test split")
+    return data.is_trusted
+
+
 def make_split(data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int) -> dict:
     """Split `data` and corrupt its training labels; see the module docstring."""
     y = data.y
     everything = torch.arange(len(y))
+    trusted = _trusted(data, spec)
+    untrusted = everything if trusted is None else everything[~trusted]
     if data.is_test.any():
-        test, pool = everything[data.is_test], everything[~data.is_test]
-    elif dspec.test_size is not None:
-        test, pool = _split_off(everything, y, dspec.test_size, None, generator(data.name, "test"))
+        test = everything[data.is_test]
+        pool = untrusted[~data.is_test[untrusted]]
+    elif dspec.test_size is not None:  # the hand-checked rows stay out of the test split
+        test, pool = _split_off(untrusted, y, dspec.test_size, None, generator(data.name, "test"))
     else:
         raise ValueError(f"{data.name} has no test split: set datasets.<name>.test_size")
 
@@ -139,6 +156,8 @@ def make_split(data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int)
     if spec.kind == "few_labels":  # the labelled examples are the validation (MPL section 3.2)
         per_class = spec.labels // num_classes
         val, train = _split_off(pool, y, None, per_class, g)
+    elif trusted is not None:  # exactly the rows the user checked by hand
+        val, train = torch.arange(len(y))[trusted], pool
     else:
         val_size = spec.val_size if spec.val_per_class is None else None
         val, train = _split_off(pool, y, val_size, spec.val_per_class, g)

@@ -228,11 +228,13 @@ def remake_split(dataset: str, noise: str, seed: int) -> str:
 
 
 def prepare_job(p: Params, dataset: str) -> Job:
-    path = p.datasets[dataset].path  # the user's own file or folder: a change reruns the job
+    spec = p.datasets[dataset]
+    # the user's own files or folders: a change of one reruns the job
+    files = tuple(f for f in (spec.path, spec.val_path) if f)
     return Job(
         f"prepare-{dataset}",
         _cmd("prepare", dataset=dataset),
-        (path,) if path else (),
+        files,
         (prepared_path(dataset),),
         (f"datasets.{dataset}",),
     )

@@ -125,3 +125,57 @@ def test_every_source_has_its_facts():
     from pipeline.data.sources import SOURCES
 
     assert list(SOURCES) == list(CATALOG)
+
+
+def own_table(raw, **dataset) -> dict:
+    """A user's table under experiment `tiny`, on noise setting `mine_noise`."""
+    raw["datasets"]["mine"] = {"source": "table", "path": "mine.csv", "test_size": 10, **dataset}
+    raw["noise"]["mine_noise"] = {"kind": "uniform", "rate": 0.2, "val_trusted": True}
+    raw["experiments"]["tiny"].update(dataset="mine", noise=["mine_noise"])
+    return raw
+
+
+@pytest.mark.parametrize(
+    "edit, key, words",
+    [
+        (lambda r: own_table(r), "noise.mine_noise.val_trusted", "marks no trusted rows"),
+        (
+            lambda r: own_table(r, val_path="checked.csv")["noise"]["mine_noise"].update(
+                val_trusted=False, val_size=5
+            ),
+            "noise.mine_noise.val_trusted",
+            "drawn into training",
+        ),
+        (
+            lambda r: own_table(r, val_path="checked.csv")["noise"]["mine_noise"].update(
+                val_size=5
+            ),
+            "noise.mine_noise",
+            "val_size or val_trusted",
+        ),
+        (
+            lambda r: r["datasets"]["digits"].update(val_path="checked.csv"),
+            "datasets.digits.val_path",
+            "only for source table or image_folder",
+        ),
+        (
+            lambda r: own_table(r, source="arrays", trusted_column="ok"),
+            "datasets.mine.trusted_column",
+            "only for source table",
+        ),
+        (
+            lambda r: own_table(r, val_path="a.csv", trusted_column="ok"),
+            "datasets.mine",
+            "not both",
+        ),
+    ],
+)
+def test_trusted_rows_are_checked_before_any_job(tiny_raw, edit, key, words):
+    edit(tiny_raw)
+    message = error_of(tiny_raw)
+    assert message.startswith(key + ":") and words in message, message
+
+
+def test_a_table_with_a_trusted_file_and_val_trusted_is_accepted(tiny_raw):
+    p = parse(own_table(tiny_raw, val_path="checked.csv", id_column="id"))
+    assert p.noise["mine_noise"].val_trusted and p.datasets["mine"].has_trusted_rows

@@ -18,6 +18,9 @@ class RawDataset:
     is_test: bool [N], True for the source's official test split (all False when it has none;
         the noise stage then carves a test split from a seed).
     ids: the user's example ids (a table's `id_column`), carried into examples.csv.
+    is_trusted: bool [N], the rows the user checked by hand (a table's `val_path` file or
+        `trusted_column`, an image folder's `val_path`): a noise setting with `val_trusted`
+        makes exactly these the clean validation split (None: the source marks none).
     references: a translation's target sentences as text (what BLEU is scored against).
     """
 
@@ -28,6 +31,7 @@ class RawDataset:
     classes: list[str]
     ids: list[str] | None = None
     references: list[str] | None = None
+    is_trusted: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = len(self.y)
@@ -37,6 +41,10 @@ class RawDataset:
             raise ValueError(f"{self.name}: {len(self.references)} references for {n} pairs")
         if self.y.dtype != torch.int64 or self.is_test.dtype != torch.bool:
             raise ValueError(f"{self.name}: y must be int64 and is_test bool")
+        if self.is_trusted is not None and (
+            self.is_trusted.dtype != torch.bool or len(self.is_trusted) != n
+        ):
+            raise ValueError(f"{self.name}: is_trusted must be bool, one entry per example")
 
     @property
     def num_classes(self) -> int:
@@ -51,6 +59,7 @@ class RawDataset:
             "classes": list(self.classes),
             **({"ids": list(self.ids)} if self.ids is not None else {}),
             **({"references": list(self.references)} if self.references is not None else {}),
+            **({"is_trusted": self.is_trusted} if self.is_trusted is not None else {}),
         }
 
     @classmethod
@@ -63,4 +72,5 @@ class RawDataset:
             list(d["classes"]),
             d.get("ids"),
             d.get("references"),
+            d.get("is_trusted"),
         )

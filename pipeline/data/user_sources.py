@@ -9,6 +9,12 @@ arrays: an .npz file with `x` and `y` (and optionally `test_x`, `test_y`, the te
 image_folder: torchvision's ImageFolder layout (a folder per class), each image converted to
     RGB and resized to `image_size` x `image_size`.
 
+Trusted rows: the rows you checked by hand, given as a second file of the same columns
+(table: `val_path`), a column of 0/1 or true/false (table: `trusted_column`, not a feature) or
+a second folder of class folders (image_folder: `val_path`). A noise setting with
+`val_trusted: true` makes exactly these rows the clean validation split: never corrupted,
+never in the training or test split.
+
 Without a test split of their own (`test_x`), set `test_size`. Nothing is known of these
 files before the prepare stage reads them, so it checks them: a missing file, a missing or
 non-integer label column, a missing value, a class with no example.
@@ -45,11 +51,50 @@ def _classes(labels: np.ndarray, where: str) -> tuple[np.ndarray, list[str]]:
     return index.astype(np.int64), [str(v) for v in values]
 
 
+def _read_table(path: Path):
+    import pandas as pd
+
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def _trusted_rows(spec: DatasetSpec, path: Path, frame):
+    """The table with the trusted rows of `val_path` appended, and which rows are trusted
+    (None: none marked)."""
+    import pandas as pd
+
+    if spec.val_path is not None:
+        val_path = Path(spec.val_path)
+        if not val_path.exists():
+            raise FileNotFoundError(f"{val_path}: no such file (the dataset's `val_path`)")
+        trusted = _read_table(val_path)
+        if list(trusted.columns) != list(frame.columns):
+            raise ValueError(
+                f"{val_path}: its columns {list(trusted.columns)} differ from {path}'s "
+                f"{list(frame.columns)}"
+            )
+        marks = np.r_[np.zeros(len(frame), bool), np.ones(len(trusted), bool)]
+        return pd.concat([frame, trusted], ignore_index=True), marks
+    if spec.trusted_column is not None:
+        if spec.trusted_column not in frame.columns:
+            raise ValueError(f"{path}: no trusted column {spec.trusted_column!r}")
+        column = frame[spec.trusted_column]
+        as_text = column.astype(str).str.strip().str.lower()
+        known = {"1": True, "true": True, "0": False, "false": False, "1.0": True, "0.0": False}
+        unknown = sorted(set(as_text) - set(known))
+        if unknown:
+            raise ValueError(
+                f"{path}: column {spec.trusted_column!r} must hold 0/1 or true/false, got "
+                f"{unknown[:5]}"
+            )
+        return frame.drop(columns=[spec.trusted_column]), np.array(as_text.map(known), bool)
+    return frame, None
+
+
 def table(spec: DatasetSpec) -> RawDataset:
     import pandas as pd
 
     path = _existing(spec, "CSV or Parquet file")
-    frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    frame, trusted = _trusted_rows(spec, path, _read_table(path))
     if spec.label not in frame.columns:
         raise ValueError(f"{path}: no label column {spec.label!r} (columns: {list(frame.columns)})")
     if spec.id_column is not None and spec.id_column not in frame.columns:
@@ -68,9 +113,9 @@ def table(spec: DatasetSpec) -> RawDataset:
         raise ValueError(f"{path}: no feature column besides the label")
     x = torch.from_numpy(features.to_numpy(np.float32, copy=True))
     ids = None if spec.id_column is None else frame[spec.id_column].astype(str).tolist()
-    return RawDataset(
-        path.stem, x, torch.from_numpy(y), torch.zeros(len(y), dtype=torch.bool), names, ids
-    )
+    no_test = torch.zeros(len(y), dtype=torch.bool)
+    is_trusted = None if trusted is None else torch.from_numpy(trusted)
+    return RawDataset(path.stem, x, torch.from_numpy(y), no_test, names, ids, None, is_trusted)
 
 
 def arrays(spec: DatasetSpec) -> RawDataset:
@@ -97,18 +142,36 @@ def arrays(spec: DatasetSpec) -> RawDataset:
 
 
 def image_folder(spec: DatasetSpec) -> RawDataset:
+    path = _existing(spec, "folder of class folders")
+    folder = _image_folder(path)
+    samples = list(folder.samples)
+    trusted = None
+    if spec.val_path is not None:  # the hand-checked images, in class folders of their own
+        val_path = Path(spec.val_path)
+        if not val_path.exists():
+            raise FileNotFoundError(f"{val_path}: no such folder (the dataset's `val_path`)")
+        val = _image_folder(val_path)
+        if val.classes != folder.classes:
+            raise ValueError(
+                f"{val_path}: its class folders {val.classes} differ from {path}'s {folder.classes}"
+            )
+        trusted = torch.tensor([False] * len(samples) + [True] * len(val.samples))
+        samples += val.samples
+    size = (spec.image_size, spec.image_size)
+    images = [np.asarray(folder.loader(p).convert("RGB").resize(size)) for p, _ in samples]
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor([label for _, label in samples], dtype=torch.int64)
+    no_test = torch.zeros(len(y), dtype=torch.bool)
+    return RawDataset(path.name, x, y, no_test, folder.classes, None, None, trusted)
+
+
+def _image_folder(path: Path):
     from torchvision.datasets import ImageFolder
 
-    path = _existing(spec, "folder of class folders")
     try:
-        folder = ImageFolder(str(path))
+        return ImageFolder(str(path))
     except FileNotFoundError as e:  # no class folder, or a class without images
         raise ValueError(f"{path}: {e}") from None
-    size = (spec.image_size, spec.image_size)
-    images = [np.asarray(folder.loader(p).convert("RGB").resize(size)) for p, _ in folder.samples]
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-    y = torch.tensor([label for _, label in folder.samples], dtype=torch.int64)
-    return RawDataset(path.name, x, y, torch.zeros(len(y), dtype=torch.bool), folder.classes)
 
 
 USER_SOURCES = {"table": table, "arrays": arrays, "image_folder": image_folder}
