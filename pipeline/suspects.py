@@ -22,7 +22,9 @@ FIGURES = {  # the detection columns of the table: (metrics key, heading)
 }
 
 
-def ranked_by(found: dict) -> str:
+def ranked_by(found: dict, method_kind: str) -> str:
+    if method_kind == "confident_learning":  # its recorded weight is cleanlab's label quality
+        return "cleanlab label quality"
     return {"weight_mean": "mean weight", "loss_best_val": "small loss (val-chosen epoch)"}[
         found["score"]
     ]
@@ -40,7 +42,7 @@ def detection_rows(p: Params, experiment: str) -> pd.DataFrame:
                 "noise": run.noise,
                 "method": run.method,
                 "seed": run.seed,
-                "ranked_by": ranked_by(found),
+                "ranked_by": ranked_by(found, p.method_kind(run.method)),
                 "corrupted": found["corrupted"],
                 "examples": found["examples"],
                 **{key: found[key] for key in FIGURES},

@@ -152,3 +152,163 @@ def test_l2rw_runs_on_the_users_own_csv_and_names_its_suspects(workdir, tiny_raw
     # a row: given label, rank, row, the user's id of that row
     for row, key in re.findall(r"\n\| [012] \| \d+ \| (\d+) \| (r\d+) \| ", suspects):
         assert key == ids[int(row)]
+
+
+def test_a_trusted_file_is_appended_and_marked(tmp_path):
+    write_table(tmp_path / "data.csv")
+    write_table(tmp_path / "checked.csv", id=["u", "v", "w", "x", "y", "z"])
+    spec = DatasetSpec(
+        "table",
+        path=str(tmp_path / "data.csv"),
+        id_column="id",
+        val_path=str(tmp_path / "checked.csv"),
+    )
+    data = table(spec)
+    assert data.is_trusted.tolist() == [False] * 6 + [True] * 6
+    assert data.ids[6:] == ["u", "v", "w", "x", "y", "z"] and len(data.y) == 12
+
+
+def test_a_trusted_column_marks_rows_and_is_no_feature(tmp_path):
+    write_table(tmp_path / "data.csv", checked=[1, 0, "true", "False", 0, 1])
+    data = table(
+        DatasetSpec(
+            "table", path=str(tmp_path / "data.csv"), id_column="id", trusted_column="checked"
+        )
+    )
+    assert data.is_trusted.tolist() == [True, False, True, False, False, True]
+    assert data.x.shape[1] == 4  # size and the three colours, not the mark
+
+
+@pytest.mark.parametrize(
+    "changes, spec, message",
+    [
+        ({"checked": [1, 0, 2, 0, 0, 1]}, {"trusted_column": "checked"}, "0/1 or true/false"),
+        ({}, {"trusted_column": "checked"}, "no trusted column 'checked'"),
+    ],
+)
+def test_a_bad_trusted_column_is_refused(tmp_path, changes, spec, message):
+    write_table(tmp_path / "data.csv", **changes)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        table(DatasetSpec("table", path=str(tmp_path / "data.csv"), **spec))
+
+
+def test_a_trusted_file_with_other_columns_is_refused(tmp_path):
+    write_table(tmp_path / "data.csv")
+    write_table(tmp_path / "checked.csv", extra=[0] * 6)
+    spec = DatasetSpec(
+        "table", path=str(tmp_path / "data.csv"), val_path=str(tmp_path / "checked.csv")
+    )
+    with pytest.raises(ValueError, match="columns"):
+        table(spec)
+
+
+def test_an_image_folder_takes_a_trusted_folder(tmp_path):
+    from PIL import Image
+
+    for root, count in (("train", 3), ("val", 2)):
+        for name in ("cat", "dog"):
+            (tmp_path / root / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (9, 9), color=30 * (i + 1)).save(
+                    tmp_path / root / name / f"{i}.png"
+                )
+    spec = DatasetSpec(
+        "image_folder", path=str(tmp_path / "train"), val_path=str(tmp_path / "val"), image_size=8
+    )
+    data = image_folder(spec)
+    assert data.is_trusted.tolist() == [False] * 6 + [True] * 4
+    assert data.y.tolist() == [0, 0, 0, 1, 1, 1, 0, 0, 1, 1]
+
+
+def test_trusted_rows_are_exactly_the_validation_split_and_never_corrupted(tmp_path):
+    from pipeline.config import NoiseSpec
+    from pipeline.noise import make_split
+
+    write_table(tmp_path / "data.csv", id=list("abcdef"), label=[3, 7, 3, 7, 7, 3])
+    frame_rows = 6
+    import pandas as pd
+
+    big = pd.concat([pd.read_csv(tmp_path / "data.csv")] * 20, ignore_index=True)
+    big["id"] = [f"r{i}" for i in range(len(big))]
+    big.to_csv(tmp_path / "data.csv", index=False)
+    checked = big.iloc[:10].assign(id=[f"t{i}" for i in range(10)])
+    checked.to_csv(tmp_path / "checked.csv", index=False)
+    dspec = DatasetSpec(
+        "table",
+        path=str(tmp_path / "data.csv"),
+        id_column="id",
+        test_size=20,
+        val_path=str(tmp_path / "checked.csv"),
+    )
+    data = table(dspec)
+    n = 20 * frame_rows
+    for seed in (0, 1):
+        split = make_split(data, dspec, NoiseSpec("uniform", rate=0.5, val_trusted=True), seed)
+        assert split["val_idx"].tolist() == list(range(n, n + 10))
+        assert split["val_y"].tolist() == data.y[n:].tolist()  # as given, never corrupted
+        outside = torch.cat([split["train_idx"], split["test_idx"]])
+        assert not torch.isin(outside, split["val_idx"]).any()
+        assert len(split["train_idx"]) == n - 20 and split["noise_mask"].any()
+    with pytest.raises(ValueError, match="marks no trusted row"):
+        make_split(
+            table(DatasetSpec("table", path=str(tmp_path / "data.csv"), test_size=20)),
+            dspec,
+            NoiseSpec("none", val_trusted=True),
+            0,
+        )
+
+
+def test_a_csv_with_trusted_rows_runs_through_the_stages(workdir, tiny_raw):
+    """A user's CSV and a second file of rows checked by hand: the checked rows are exactly
+    the validation split of every seed, the flipped labels stay in training, and the suspects
+    table ranks them by ERM, L2RW, Meta-Weight-Net and cleanlab's confident learning."""
+    import pandas as pd
+    import yaml
+
+    from pipeline.__main__ import main
+    from pipeline.io import load_torch
+    from pipeline.plan import split_path
+
+    rng = np.random.default_rng(1)
+
+    def rows(n, prefix):
+        y = rng.integers(0, 3, n)
+        return pd.DataFrame(
+            {
+                "id": [f"{prefix}{i}" for i in range(n)],
+                "size": y + rng.normal(0, 0.3, n),
+                "label": y,
+            }
+        )
+
+    rows(300, "r").to_csv("mine.csv", index=False)
+    rows(30, "t").to_csv("checked.csv", index=False)
+    tiny_raw["datasets"]["mine"] = {
+        "source": "table", "path": "mine.csv", "val_path": "checked.csv", "id_column": "id",
+        "test_size": 60,
+    }  # fmt: skip
+    tiny_raw["noise"]["noisy"] = {"kind": "uniform", "rate": 0.3, "val_trusted": True}
+    methods = ["erm", "l2rw", "mwn", "confident_learning"]
+    tiny_raw["methods"].update({m: {} for m in methods[1:]})
+    tiny_raw["methods"]["confident_learning"] = {"folds": 3}
+    tiny_raw["experiments"]["mine"] = {
+        "dataset": "mine", "model": "mlp", "schedule": "short", "noise": ["noisy"],
+        "methods": methods, "suspects": 2,
+    }  # fmt: skip
+    tiny_raw["profiles"]["default"]["experiments"] = ["mine"]
+    Path("params.yaml").write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+    assert main(["prepare", "--dataset", "mine"]) == 0
+    assert main(["noise", "--dataset", "mine", "--noise", "noisy", "--seeds", "0,1"]) == 0
+    for seed in (0, 1):
+        split = load_torch(split_path("mine", "noisy", seed), True)
+        assert split["val_idx"].tolist() == list(range(300, 330))
+        assert not torch.isin(split["train_idx"], split["val_idx"]).any()
+        assert split["noise_mask"].any()
+    args = ["--dataset", "mine", "--model", "mlp", "--schedule", "short", "--noise", "noisy"]
+    for method in methods:
+        assert main(["train", *args, "--method", method, "--seeds", "0,1"]) == 0
+    assert main(["suspects", "--experiment", "mine"]) == 0
+    suspects = Path("results/tables/suspects/mine.md").read_text()
+    assert "| confident_learning | cleanlab label quality |" in suspects
+    for method in methods[:3]:
+        assert f"| {method} | " in suspects

@@ -41,7 +41,7 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $($PY --version)"
   "$PY" -m venv .venv
 fi
-MODULES="pipeline, snakemake, snakemake_executor_plugin_slurm, dvc, torchvision, transformers, sentencepiece, hydra, bitarray"
+MODULES="pipeline, cleanlab, snakemake, snakemake_executor_plugin_slurm, dvc, torchvision, transformers, sentencepiece, hydra, bitarray"
 if ! .venv/bin/python -c "import $MODULES, onnxruntime" >/dev/null 2>&1; then
   say "installing Python packages into .venv (torch is large: a few minutes)"
   .venv/bin/pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 |

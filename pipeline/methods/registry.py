@@ -1,6 +1,7 @@
 """METHODS: the method names of params.yaml mapped to their classes (one file each in this
 package; their settings are in settings.py, whose SETTINGS has the same names)."""
 
+from pipeline.methods.confident_learning import ConfidentLearning
 from pipeline.methods.dir import DIR
 from pipeline.methods.distill import DML, KD, LGTM, MetaDistill
 from pipeline.methods.dlf import DLF
@@ -33,6 +34,7 @@ METHODS = {
     "bootstrap": Bootstrap,
     "weighted": OracleWeighted,
     "clean_only": CleanOnly,
+    "confident_learning": ConfidentLearning,
     "dir": DIR,
     "focal": Focal,
     "spl": SelfPaced,

@@ -77,6 +77,22 @@ class BootstrapSettings(MethodSettings):
 
 
 @dataclass(frozen=True)
+class ConfidentLearningSettings(MethodSettings):
+    """folds: the cross-validation that gives each training example out-of-sample class
+    probabilities (a logistic regression on the standardised inputs, `inverse_regularisation`
+    its C); prune: train the student on the examples confident learning does not flag (False:
+    on all of them, so the row's accuracy is ERM's and only its ranking differs)."""
+
+    folds: PositiveInt = 5
+    inverse_regularisation: Positive = 1.0
+    prune: bool = True
+
+    def check(self, where: str) -> None:
+        if not 2 <= self.folds <= 20:
+            raise ParamsError(f"{where}.folds: between 2 and 20 (got {self.folds})")
+
+
+@dataclass(frozen=True)
 class CleanOnlySettings(MethodSettings):
     label_smoothing: FractionBelow1 = 0.0
     augment: Literal["none", "crop_flip", "randaugment"] = "none"
@@ -277,6 +293,7 @@ SETTINGS: dict[str, type] = {  # the names of params.yaml's `method:`; registry.
     "bootstrap": BootstrapSettings,
     "weighted": MethodSettings,
     "clean_only": CleanOnlySettings,
+    "confident_learning": ConfidentLearningSettings,
     "dir": DIRSettings,
     "focal": FocalSettings,
     "spl": SelfPacedSettings,
