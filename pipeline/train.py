@@ -27,6 +27,7 @@ from pipeline.core.student import Student
 from pipeline.examples import ExampleWeights
 from pipeline.io import Progress, load_torch, log, save_torch, write_json
 from pipeline.methods.base import Batch, Context
+from pipeline.methods.l2rw import NOISE_STATISTICS
 from pipeline.methods.registry import METHODS
 from pipeline.models import build_model
 from pipeline.noise import generator
@@ -250,6 +251,8 @@ def train(
         return save
 
     progress = Progress(f"train {run.name} step", student.total_steps)
+    # what the epoch line leaves out: the counters, and noise statistics where none is known
+    quiet = {"epoch", "seconds"} | (set() if data.noise_mask.any() else set(NOISE_STATISTICS))
     for epoch in range(start_epoch, schedule.epochs):
         ctx.checkpoint = restart_point(epoch, student.step_count)
         started = time.monotonic()
@@ -285,7 +288,7 @@ def train(
         save_checkpoint(epoch + 1)
         progress.update(
             student.step_count,
-            " ".join(f"{k}={v}" for k, v in record.items() if k not in ("epoch", "seconds")),
+            " ".join(f"{k}={v}" for k, v in record.items() if k not in quiet),
             milestone=True,
         )
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
