@@ -348,11 +348,15 @@ def pretrain_job(p: Params, teacher: str, dataset: str, noise: str, seeds) -> Jo
 def report_job(p: Params, experiment: str) -> Job:
     exp = p.experiments[experiment]
     outs = (*table_paths(experiment), metrics_path(experiment), figure_path(experiment))
-    read = ("metrics.json", "history.json") if exp.curves_figure else ("metrics.json",)
+    read = ("metrics.json", "history.json")  # the history: curves, and whether a run collapsed
+    summaries = [split_summary_path(r.dataset, r.noise, r.seed) for r in runs(p, experiment)]
     return Job(
         f"report-{experiment}",
         _cmd("report", experiment=experiment),
-        tuple(r.file(name) for r in runs(p, experiment) for name in read),
+        (
+            *(r.file(name) for r in runs(p, experiment) for name in read),
+            *dict.fromkeys(summaries),
+        ),
         outs,
         (f"experiments.{experiment}", *(f"noise.{n}" for n in exp.noise)),
         committed=outs,

@@ -13,6 +13,7 @@ import pandas as pd
 
 from pipeline import plan
 from pipeline.catalog import HEADLINE, METRIC_LABEL
+from pipeline.collapse import chance_of, collapse, describe
 from pipeline.config import Params, parse_claim, reported_numbers
 from pipeline.io import read_json, save_figure, write_json, write_text
 
@@ -34,10 +35,12 @@ def collect(p: Params, experiment: str) -> pd.DataFrame:
     Row names are the method names, and "<method> +ES" for the best-on-validation epoch."""
     exp = p.experiments[experiment]
     rows = []
+    metric = headline_of(p, experiment)
     for run in plan.runs(p, experiment):
         m = read_json(run.file("metrics.json"))
         finite_or_refuse(run.file("metrics.json"), m)
-        rows.append({"noise": run.noise, "method": run.method, "seed": run.seed, **m["test"]})
+        row = {"noise": run.noise, "method": run.method, "seed": run.seed, **m["test"]}
+        rows.append({**row, "collapsed": collapsed_run(run, metric)})
         if exp.early_stopping and "test_best_val" in m:
             rows.append(
                 {
@@ -49,6 +52,14 @@ def collect(p: Params, experiment: str) -> pd.DataFrame:
             )
     rows += chosen_on_validation(exp, plan.runs(p, experiment), headline_of(p, experiment))
     return pd.DataFrame(rows)
+
+
+def collapsed_run(run: plan.Run, metric: str) -> str:
+    """How the run collapsed on validation (pipeline/collapse.py), or "" if it did not."""
+    key = f"val_{'acc' if metric == 'accuracy' else metric}"
+    classes = read_json(plan.split_summary_path(run.dataset, run.noise, run.seed))["num_classes"]
+    found = collapse(read_json(run.file("history.json")), key, chance_of(key, classes))
+    return describe(key, found) if found else ""
 
 
 def headline_of(p: Params, experiment: str) -> str:
@@ -93,8 +104,10 @@ def summarise(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """Per (noise, method): seed count, mean, 95% CI and each seed's value in seed order."""
     rows = []
     for (noise, method), group in runs.groupby(["noise", "method"], sort=False):
-        values = group.sort_values("seed")[metric].tolist()
+        ordered = group.sort_values("seed")
+        values = ordered[metric].tolist()
         mean, ci = mean_ci95(values)
+        collapsed = ordered.get("collapsed", pd.Series([""] * len(ordered))).fillna("")
         rows.append(
             {
                 "noise": noise,
@@ -103,6 +116,11 @@ def summarise(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
                 f"{metric}_mean": round(mean, 2),
                 f"{metric}_ci95": round(ci, 2),
                 f"{metric}_per_seed": " ".join(f"{v:.2f}" for v in values),
+                "collapsed": "; ".join(
+                    f"seed {seed}: {how}"
+                    for seed, how in zip(ordered.seed, collapsed, strict=True)
+                    if how
+                ),
             }
         )
     return pd.DataFrame(rows)
@@ -119,8 +137,9 @@ def unstable(summary: pd.DataFrame, metric: str = "accuracy") -> dict[tuple[str,
 
 
 def interval(row, unstable_seeds: bool, metric: str = "accuracy") -> str:
-    """A table cell: mean ± CI of a summary row, † when its seeds span UNSTABLE_RANGE."""
-    mark = " †" if unstable_seeds else ""
+    """A table cell: mean ± CI of a summary row, † when its seeds span UNSTABLE_RANGE, ‡ when
+    a seed collapsed on validation."""
+    mark = (" †" if unstable_seeds else "") + (" ‡" if row.get("collapsed") else "")
     return f"{row[f'{metric}_mean']:.2f} ± {row[f'{metric}_ci95']:.2f}{mark}"
 
 
@@ -167,6 +186,10 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
             f"({', '.join(map(str, p.seeds))}):",
         ]
         lines += [f"- {method}, {noise}: {values}" for (noise, method), values in spread.items()]
+    collapsed = [r for _, r in summary.iterrows() if r.get("collapsed")]
+    if collapsed:
+        lines += ["", "‡ a seed collapsed on the validation split (pipeline/collapse.py):"]
+        lines += [f"- {r.method}, {r.noise}: {r.collapsed}" for r in collapsed]
     lines += [""] + [f"[{i + 1}] {paper['label']}" for i, paper in enumerate(papers)]
     return "\n".join(lines).rstrip() + "\n"
 
