@@ -55,8 +55,8 @@ class TaskData:
 
 
 def normalise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Scale uint8 images to [0, 1] and standardise per channel (per feature for vectors);
-    token ids (int64) pass through."""
+    """Scale uint8 images to [0, 1] and standardise per channel (per feature for vectors) with
+    the training split's mean and spread; token ids (int64) pass through."""
     if x.dtype == torch.int64:
         return x
 
@@ -65,8 +65,12 @@ def normalise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
     ref = to_float(reference)
     dims = [0, 2, 3] if ref.dim() == 4 else [0]
-    mean, std = ref.mean(dims, keepdim=True), ref.std(dims, keepdim=True).clamp_min(1e-6)
-    return (to_float(x) - mean) / std
+    mean, std = ref.mean(dims, keepdim=True), ref.std(dims, keepdim=True)
+    # a feature (nearly) constant in the training split is centred, not scaled: divided by
+    # its tiny spread, a validation or test value that differs would become ~1e6 (as
+    # scikit-learn's StandardScaler, which leaves such features' scale at 1)
+    constant = std <= 1e-6 * (1 + mean.abs())
+    return (to_float(x) - mean) / torch.where(constant, torch.ones_like(std), std)
 
 
 def load_task(

@@ -312,3 +312,15 @@ def test_a_csv_with_trusted_rows_runs_through_the_stages(workdir, tiny_raw):
     assert "| confident_learning | cleanlab label quality |" in suspects
     for method in methods[:3]:
         assert f"| {method} | " in suspects
+
+
+def test_a_feature_constant_in_training_is_centred_not_blown_up():
+    """A column that is 0 on every training row but 1 on a validation row (a pixel of the
+    digits table): divided by its zero spread it was ~1e6 and sent L2RW's validation loss to
+    hundreds; centred, it stays 1. Other columns are standardised as before."""
+    from pipeline.task import normalise
+
+    train = torch.tensor([[0.0, 1.0], [0.0, 3.0], [0.0, 5.0]])
+    val = torch.tensor([[1.0, 3.0]])
+    assert normalise(val, train).tolist() == [[1.0, 0.0]]
+    assert torch.allclose(normalise(train, train)[:, 1], torch.tensor([-1.0, 0.0, 1.0]))
