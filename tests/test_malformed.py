@@ -227,7 +227,7 @@ def test_an_unused_noise_setting_that_fits_some_dataset_is_valid(tmp_path):
     load(path)
 
 
-def test_integer_bounds_say_why_in_the_schema():
+def test_the_epochs_bound_is_in_the_schema_too():
     """epochs' bound is in the JSON schema too (one declaration, both checks)."""
     from pipeline.config import MAX_EPOCHS, json_schema
 
