@@ -2,6 +2,7 @@
 # `snakemake --workflow-profile workflow/profiles/default --cores N`.
 # Every rule calls `python -m pipeline <stage>`, the same command as dvc.yaml; no stage logic
 # lives here. Paths come from pipeline/plan.py.
+import os
 import sys
 
 from pipeline import plan

@@ -321,16 +321,7 @@ STAGES = {
 
 def _check_names(p, args) -> None:
     """Names on the command line must exist in params.yaml."""
-    for key, section in (
-        ("dataset", p.datasets),
-        ("noise", p.noise),
-        ("method", p.methods),
-        ("experiment", p.experiments),
-        ("teacher", p.teachers),
-    ):
-        value = getattr(args, key, None)
-        if value is not None and value not in section:
-            raise ParamsError(f"--{key} {value}: not in params.yaml (known: {', '.join(section)})")
+    plan.check_names(p, vars(args), "--{key} {value}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from pipeline.typed import (
 )
 
 PARAMS_FILE = "params.yaml"
+MAX_EPOCHS = 100_000  # see ScheduleSpec.epochs
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")  # no dots: DVC reads dotted keys as nesting
 
 
@@ -207,15 +208,24 @@ class NoiseSpec:
             )
         if data.facts.user:  # checked when the noise stage reads the prepared data
             return
-        translation = data.facts.task == "translation"
+        self.check_counts(
+            where, data.facts.task, data.facts.classes, data.pool, data.source, used_by
+        )
+
+    def check_counts(
+        self, where: str, task: str, k: int, pool: int | None, source: str, used_by: str
+    ) -> None:
+        """The split and classes fit a dataset `source` of kind `task` with `k` classes and
+        `pool` examples outside its test split (None: known on loading). The noise stage calls
+        it again with the prepared data's own counts."""
+        translation = task == "translation"
         if translation != (self.kind in TRANSLATION_NOISE[1:]) and self.kind != "none":
             kinds = "none or mask" if translation else "any kind but mask"
             raise ParamsError(
-                f"{where}.kind: {self.kind} does not apply to {data.source} (used by "
-                f"{used_by}), a {data.facts.task} dataset: {kinds}"
+                f"{where}.kind: {self.kind} does not apply to {source} (used by "
+                f"{used_by}), a {task} dataset: {kinds}"
             )
-        k = data.facts.classes
-        about = f"{data.source} has {k} classes (used by {used_by})"
+        about = f"{source} has {k} classes (used by {used_by})"
         if self.background is not None and self.background >= k:
             raise ParamsError(
                 f"{where}.background: class {self.background} does not exist; {about}"
@@ -228,20 +238,28 @@ class NoiseSpec:
                 f"{where}.labels: {self.labels} labelled examples are not the same number per "
                 f"class; {about}"
             )
-        pool = data.pool
         if pool is None or self.kind == "imbalance":  # imbalance: checked on the two classes
             return
-        val = self.val_size or (self.val_per_class or 0) * k or self.labels or 0
-        fits = f"the {pool} examples outside the test split of {data.source} (used by {used_by})"
+        key, val = self.validation_size(k)
+        fits = f"the {pool} examples outside the test split of {source} (used by {used_by})"
+        if val >= pool:
+            raise ParamsError(
+                f"{where}.{key}: {val} validation examples leave none to train on in {fits}"
+            )
         if self.train_size and val + self.train_size > pool:
             raise ParamsError(
                 f"{where}.train_size: {val} validation and {self.train_size} training "
                 f"examples do not fit {fits}"
             )
-        if val >= pool:
-            raise ParamsError(
-                f"{where}.val_size: {val} validation examples leave no training in {fits}"
-            )
+
+    def validation_size(self, k: int) -> tuple[str, int]:
+        """How many examples the validation split takes from a dataset of `k` classes, and the
+        key that sets it (few_labels: the labelled examples are the validation split)."""
+        if self.val_per_class is not None:
+            return "val_per_class", self.val_per_class * k
+        if self.kind == "few_labels":
+            return "labels", self.labels or 0
+        return "val_size", self.val_size or 0
 
 
 @dataclass(frozen=True)
@@ -266,7 +284,9 @@ class ScheduleSpec:
     milestones. optimizer: sgd (momentum, nesterov), adam (weight_decay as L2 in the
     gradient, as torch.optim.Adam) or adamw (decoupled weight decay); betas and eps: Adam's."""
 
-    epochs: PositiveInt
+    # at most 100,000: 36x the longest schedule of the papers (MPL's 1M steps, 2,783 epochs);
+    # a larger count is a typo that would keep a job running for ever, not a schedule
+    epochs: Annotated[int, Within(f"[1, {MAX_EPOCHS}]")]
     batch_size: PositiveInt
     lr: Positive
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
@@ -455,24 +475,45 @@ def read_yaml(path: str | Path):
         loader.dispose()
 
 
-def _refuse_duplicate_keys(node: Any, where: str, path: str | Path) -> None:
+def _refuse_duplicate_keys(
+    node: Any,
+    where: str,
+    path: str | Path,
+    inside: frozenset = frozenset(),
+    done: set | None = None,
+) -> None:
+    """A key given twice in one mapping, or an alias inside the node it names (a YAML
+    structure that contains itself, which no setting can be), is an error naming the key.
+    `inside`: the nodes this one is part of; `done`: the nodes checked already (an alias
+    repeats a node, which need not be walked twice)."""
     import yaml
 
+    done = set() if done is None else done
+    if id(node) in inside:
+        line = node.start_mark.line + 1
+        raise ParamsError(
+            f"{where or 'params.yaml'}: an alias inside the node it names, which would contain "
+            f"itself ({path}, line {line})"
+        )
+    if id(node) in done:
+        return
+    inside = inside | {id(node)}
     if isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _refuse_duplicate_keys(item, f"{where}[{i}]", path)
-    if not isinstance(node, yaml.MappingNode):
-        return
-    first: dict = {}
-    for key_node, value_node in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":  # <<: an explicit key may override
-            continue
-        key = f"{where}.{key_node.value}" if where else str(key_node.value)
-        line = key_node.start_mark.line + 1
-        if key in first:
-            raise ParamsError(f"{key}: given twice ({path}, lines {first[key]} and {line})")
-        first[key] = line
-        _refuse_duplicate_keys(value_node, key, path)
+            _refuse_duplicate_keys(item, f"{where}[{i}]", path, inside, done)
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # <<: an explicit key may override
+                _refuse_duplicate_keys(value_node, where, path, inside, done)
+                continue
+            key = f"{where}.{key_node.value}" if where else str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise ParamsError(f"{key}: given twice ({path}, lines {first[key]} and {line})")
+            first[key] = line
+            _refuse_duplicate_keys(value_node, key, path, inside, done)
+    done.add(id(node))
 
 
 @functools.cache
@@ -544,7 +585,9 @@ def _section(raw: dict, key: str, cls: type) -> dict:
 
 
 def _model(value: Any, where: str) -> ModelSpec:
-    if not isinstance(value, dict) or "arch" not in value:
+    if not isinstance(value, dict):
+        raise ParamsError(f"{where}: expected a mapping with an arch, got {value!r}")
+    if "arch" not in value:
         raise ParamsError(f"{where}.arch: required")
     options = {k: v for k, v in value.items() if k != "arch"}
     return build(ModelSpec, {"arch": value["arch"]}, where, options=options)
@@ -553,6 +596,10 @@ def _model(value: Any, where: str) -> ModelSpec:
 def _method(value: Any, where: str) -> Any:
     from pipeline.methods.settings import SETTINGS
 
+    if value is not None and not isinstance(value, dict):
+        raise ParamsError(
+            f"{where}: expected a mapping of the method's settings (or nothing), got {value!r}"
+        )
     value = dict(value or {})
     kind = value.pop("method", where.split(".")[-1])
     if kind not in SETTINGS:
@@ -635,6 +682,31 @@ def _check_references(p: Params) -> None:
         for noise in exp.noise:
             p.noise[noise].check_fits(f"noise.{noise}", p.datasets[exp.dataset], where)
         _check_task_kind(p, name, exp)
+    _check_unused_noise(p)
+
+
+def _check_unused_noise(p: Params) -> None:
+    """A noise setting that no experiment uses must still fit some dataset of params.yaml (its
+    classes exist, its split fits), or `python -m pipeline noise` would fail on it. A user's
+    own dataset may be the one it is meant for: the noise stage checks it against that."""
+    used = {noise for exp in p.experiments.values() for noise in exp.noise}
+    known = [data for data in p.datasets.values() if not data.facts.user]
+    if not known or len(known) < len(p.datasets):
+        return
+    for name, spec in p.noise.items():
+        if name in used:
+            continue
+        errors = []
+        for data in known:
+            used_by = "no experiment; checked against every dataset of params.yaml"
+            try:
+                spec.check_fits(f"noise.{name}", data, used_by)
+            except ParamsError as e:
+                errors.append(e)
+            else:
+                break
+        else:
+            raise errors[0]
 
 
 def _check_task_kind(p: Params, name: str, exp) -> None:

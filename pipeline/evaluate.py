@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import platform
 
 import torch
@@ -17,7 +18,7 @@ from pipeline.examples import (
     write_examples,
     write_top_images,
 )
-from pipeline.io import git_revision, load_torch, write_json
+from pipeline.io import committed_json, dumps_json, git_revision, load_torch, write_json
 from pipeline.models import build_model
 from pipeline.plan import Run
 from pipeline.task import TaskData, load_task
@@ -141,5 +142,21 @@ def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
         metrics["weight_histogram"] = weight_histogram(sample)
         if sample.get("losses"):
             metrics["weight_points"] = weight_points(sample)
+    metrics = with_committed_revision(metrics, run.file("metrics.json"))
     write_json(metrics, run.file("metrics.json"))
     return metrics
+
+
+def with_committed_revision(metrics: dict, path: str) -> dict:
+    """`metrics` with the git revision of the committed file at `path` where that file says
+    the same in everything else: the revision then names the commit that first made these
+    exact figures, and a rerun that reproduces a committed result leaves it byte for byte (a
+    fresh clone stays clean after the workflow). Any other difference keeps this revision."""
+    committed = committed_json(path)
+    if not isinstance(committed, dict) or not isinstance(committed.get("provenance"), dict):
+        return metrics
+    kept = {
+        **metrics,
+        "provenance": {**metrics["provenance"], "git": committed["provenance"].get("git")},
+    }
+    return kept if json.loads(dumps_json(kept)) == committed else metrics

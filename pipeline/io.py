@@ -162,6 +162,22 @@ def git_revision() -> str:
     return rev + ("+dirty" if dirty else "")
 
 
+def committed_json(path: str | Path) -> Any:
+    """The JSON file at `path` as git's HEAD commit holds it (None: no git, not committed, or
+    not JSON). The workflow engines delete a job's outputs before it runs, so this is how a
+    stage sees what it is about to write again."""
+    try:
+        shown = subprocess.run(
+            ["git", "show", f"HEAD:./{Path(path).as_posix()}"], capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    try:
+        return json.loads(shown)
+    except ValueError:
+        return None
+
+
 class Progress:
     """Progress of a long loop: on a terminal a tqdm bar (the rate and time left) with the
     milestone lines printed above it; on a pipe or a log file only the milestones (the lines

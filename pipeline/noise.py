@@ -15,7 +15,7 @@ import zlib
 import torch
 
 from pipeline import plan
-from pipeline.config import DatasetSpec, NoiseSpec, Params
+from pipeline.config import DatasetSpec, NoiseSpec, Params, ParamsError
 from pipeline.data import RawDataset
 from pipeline.data.translation_sources import EOS, MASK, PAD
 from pipeline.io import load_torch, save_torch, write_json
@@ -28,27 +28,41 @@ def generator(*keys: object) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(repr(keys).encode()))
 
 
+class SplitError(ValueError):
+    """A split that does not fit the data: `key` is the setting's field at fault."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
 def _take_per_class(
-    y: torch.Tensor, pool: torch.Tensor, per_class: int, g: torch.Generator
+    y: torch.Tensor, pool: torch.Tensor, per_class: int, g: torch.Generator, key: str
 ) -> torch.Tensor:
     chosen = []
     for c in y[pool].unique().tolist():
         members = pool[y[pool] == c]
         if len(members) < per_class:
-            raise ValueError(f"class {c} has {len(members)} examples, fewer than {per_class}")
+            raise SplitError(key, f"class {c} has {len(members)} examples, fewer than {per_class}")
         chosen.append(members[torch.randperm(len(members), generator=g)[:per_class]])
     return torch.cat(chosen).sort().values
 
 
 def _split_off(
-    pool: torch.Tensor, y: torch.Tensor, size: int | None, per_class: int | None, g: torch.Generator
+    pool: torch.Tensor,
+    y: torch.Tensor,
+    size: int | None,
+    per_class: int | None,
+    g: torch.Generator,
+    key: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Carve (part, rest) out of `pool`: `size` random examples or `per_class` per class."""
+    """Carve (part, rest) out of `pool`: `size` random examples or `per_class` per class
+    (SplitError naming `key`, the field that asked, if the pool has too few)."""
     if per_class is not None:
-        part = _take_per_class(y, pool, per_class, g)
+        part = _take_per_class(y, pool, per_class, g, key)
     else:
         if size is None or size >= len(pool):
-            raise ValueError(f"cannot carve {size} examples out of {len(pool)}")
+            raise SplitError(key, f"cannot carve {size} examples out of {len(pool)}")
         part = pool[torch.randperm(len(pool), generator=g)[:size]].sort().values
     rest = pool[~torch.isin(pool, part)]
     return part, rest
@@ -119,17 +133,19 @@ def _trusted(data: RawDataset, spec: NoiseSpec) -> torch.Tensor | None:
     if not spec.val_trusted:
         return None
     if data.is_trusted is None or not data.is_trusted.any():
-        raise ValueError(
-            f"{data.name}: val_trusted, but the prepared data marks no trusted row (give the "
-            "dataset a val_path or trusted_column, then rerun its prepare stage)"
+        raise SplitError(
+            "val_trusted",
+            "the prepared data marks no trusted row (give the dataset a val_path or "
+            "trusted_column, then rerun its prepare stage)",
         )
     if (data.is_trusted & data.is_test).any():
-        raise ValueError(f"{data.name}: a trusted row is in the source's own test split")
+        raise SplitError("val_trusted", "a trusted row is in the source's own test split")
     return data.is_trusted
 
 
-def make_split(data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int) -> dict:
-    """Split `data` and corrupt its training labels; see the module docstring."""
+def _carve(data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int):
+    """The test, validation and training indices, the labels (an imbalance task's mapped to
+    0 and 1), the classes kept and their map; SplitError if the data has too few."""
     y = data.y
     everything = torch.arange(len(y))
     trusted = _trusted(data, spec)
@@ -138,9 +154,11 @@ def make_split(data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int)
         test = everything[data.is_test]
         pool = untrusted[~data.is_test[untrusted]]
     elif dspec.test_size is not None:  # the hand-checked rows stay out of the test split
-        test, pool = _split_off(untrusted, y, dspec.test_size, None, generator(data.name, "test"))
+        test, pool = _split_off(
+            untrusted, y, dspec.test_size, None, generator(data.name, "test"), "test_size"
+        )
     else:
-        raise ValueError(f"{data.name} has no test split: set datasets.<name>.test_size")
+        raise SplitError("test_size", "required (the data has no test split)")
 
     classes, label_map = list(range(data.num_classes)), None
     if spec.kind == "imbalance":  # a binary task: the first class is the minority
@@ -150,24 +168,39 @@ def make_split(data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int)
         y = y.clone()
         for c, i in label_map.items():
             y[data.y == c] = i
-    num_classes = len(classes)
 
     g = generator(data.name, "split", seed)
     if spec.kind == "few_labels":  # the labelled examples are the validation (MPL section 3.2)
-        per_class = spec.labels // num_classes
-        val, train = _split_off(pool, y, None, per_class, g)
+        per_class = spec.labels // len(classes)
+        val, train = _split_off(pool, y, None, per_class, g, "labels")
     elif trusted is not None:  # exactly the rows the user checked by hand
-        val, train = torch.arange(len(y))[trusted], pool
+        val, train = everything[trusted], pool
     else:
         val_size = spec.val_size if spec.val_per_class is None else None
-        val, train = _split_off(pool, y, val_size, spec.val_per_class, g)
+        key = "val_size" if spec.val_per_class is None else "val_per_class"
+        val, train = _split_off(pool, y, val_size, spec.val_per_class, g, key)
     if spec.kind == "imbalance":
         train = _imbalanced(train, y, spec, g)
     elif spec.train_size is not None:  # a random subset of the training split
         if spec.train_size > len(train):
-            raise ValueError(f"train_size {spec.train_size} exceeds the {len(train)} available")
+            raise SplitError(
+                "train_size", f"{spec.train_size} asked for, {len(train)} left to train on"
+            )
         train = train[torch.randperm(len(train), generator=g)[: spec.train_size]].sort().values
+    return test, val, train, y, classes, label_map
 
+
+def make_split(
+    data: RawDataset, dspec: DatasetSpec, spec: NoiseSpec, seed: int, where: str = "noise"
+) -> dict:
+    """Split `data` and corrupt its training labels; see the module docstring. A split that
+    does not fit the data is a ParamsError naming the key under `where` (the setting)."""
+    try:
+        test, val, train, y, classes, label_map = _carve(data, dspec, spec, seed)
+    except SplitError as e:
+        prefix = f"datasets.{data.name}" if e.key == "test_size" else where
+        raise ParamsError(f"{prefix}.{e.key}: {e.reason} in {data.name}") from None
+    num_classes = len(classes)
     clean = y[train]
     if y.dim() == 2:  # a translation: masked pairs, no classes to flip
         return _translation_split(data, spec, seed, train, val, test)
@@ -240,9 +273,10 @@ def _imbalanced(
     for label, n in ((0, spec.train_size - n_major), (1, n_major)):
         members = pool[y[pool] == label]
         if len(members) < n:
-            raise ValueError(
-                f"imbalance: class {spec.classes[label]} has {len(members)} "
-                f"training examples, fewer than the {n} asked for"
+            raise SplitError(
+                "train_size",
+                f"class {spec.classes[label]} has {len(members)} training examples, fewer "
+                f"than the {n} asked for",
             )
         parts.append(members[torch.randperm(len(members), generator=g)[:n]])
     return torch.cat(parts).sort().values
@@ -269,13 +303,21 @@ def summary(split: dict) -> dict:
 
 
 def write_splits(p: Params, dataset: str, noise: str, seeds) -> list[dict]:
-    """The noise stage: each seed's split of the prepared dataset and its summary."""
+    """The noise stage: each seed's split of the prepared dataset and its summary. The setting
+    is checked against the dataset first (params.yaml checks only the pairs its experiments
+    name, and a user's data only once prepared), so a mistake names its key."""
+    where, spec, dspec = f"noise.{noise}", p.noise[noise], p.datasets[dataset]
+    used_by = f"--dataset {dataset}"
+    spec.check_fits(where, dspec, used_by)
     data = RawDataset.from_dict(
         load_torch(plan.prepared_path(dataset), True, plan.remake_prepared(dataset))
     )
+    task = "translation" if data.y.dim() == 2 else "classification"
+    test = int(data.is_test.sum()) or dspec.test_size or 0
+    spec.check_counts(where, task, data.num_classes, len(data.y) - test, dspec.source, used_by)
     infos = []
     for seed in seeds:
-        split = make_split(data, p.datasets[dataset], p.noise[noise], seed)
+        split = make_split(data, dspec, spec, seed, where)
         save_torch(split, plan.split_path(dataset, noise, seed), checksum=True)
         infos.append(summary(split))
         write_json(infos[-1], plan.split_summary_path(dataset, noise, seed))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass, fields
 
-from pipeline.config import Params
+from pipeline.config import Params, ParamsError
 
 DATA = "results/data"
 RUNS = "results/runs"
@@ -447,6 +447,37 @@ def jobs(p: Params) -> list[Job]:
         out.update((j.name, j) for j in found if j.name not in out)
     fidelity = fidelity_job(p)
     return [*out.values(), *([fidelity] if fidelity.deps else [])]
+
+
+NAMED = {  # a wildcard or stage option -> the params.yaml section that defines its names
+    "dataset": "datasets",
+    "noise": "noise",
+    "model": "models",
+    "schedule": "schedules",
+    "method": "methods",
+    "teacher": "teachers",
+    "experiment": "experiments",
+}
+
+
+def check_names(p: Params, names: dict, how: str = "{key} {value}") -> None:
+    """ParamsError if a name (a stage's option or a target path's wildcard -> its value) is
+    not an entry of its section of params.yaml: `how` says where it came from, and the
+    message lists the known names, the closest first."""
+    import difflib
+
+    for key, value in names.items():
+        if key not in NAMED or value is None:
+            continue
+        known = list(getattr(p, NAMED[key]))
+        if value in known:
+            continue
+        close = difflib.get_close_matches(str(value), known, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ParamsError(
+            f"{how.format(key=key, value=value)}: no such entry in params.yaml "
+            f"{NAMED[key]}{hint}; known: {', '.join(known)}"
+        )
 
 
 def param_values(p: Params, job: Job) -> dict:

@@ -106,9 +106,17 @@ def fingerprint(p: Params, run: Run) -> str:
     return digest.hexdigest()
 
 
+def set_aside(checkpoint: str | Path) -> Path:
+    """Where a checkpoint that cannot be resumed is kept for inspection: one name per run, so
+    a run keeps at most one (the latest set aside), and it goes when the run's job is done."""
+    path = Path(checkpoint)
+    return path.with_name(path.name + ".stale")
+
+
 def resumable(path: Path, made_with: str) -> dict | None:
     """The checkpoint at `path` if it loads and was made with these settings and code;
-    otherwise it is set aside (renamed *.stale, with a log line) and training starts over."""
+    otherwise it is set aside (renamed *.stale, replacing an earlier one, with a log line) and
+    training starts over."""
     if not path.exists():
         return None
     try:
@@ -119,7 +127,7 @@ def resumable(path: Path, made_with: str) -> dict | None:
         if isinstance(state, dict) and state.get("fingerprint") == made_with:
             return state
         reason = "was made with other settings or code"
-    aside = path.with_name(path.name + ".stale")
+    aside = set_aside(path)
     path.replace(aside)
     log(f"checkpoint {path} {reason}: set aside as {aside}; training from the start")
     return None
@@ -141,11 +149,13 @@ def train_cell(p: Params, cell: Cell) -> None:
 
 def train_runs(p: Params, runs: list[Run]) -> None:
     """Train and score every seed; the checkpoints go once all are done, so a killed job
-    redoes no finished seed (both engines delete a failed job's outputs, not checkpoints)."""
+    redoes no finished seed (both engines delete a failed job's outputs, not checkpoints),
+    and with them any set aside as stale: a finished run supersedes them."""
     for run in runs:
         train(p, run, keep_checkpoint=True)
     for run in runs:
         Path(run.checkpoint).unlink(missing_ok=True)
+        set_aside(run.checkpoint).unlink(missing_ok=True)
 
 
 def load_pretrained(p: Params, teacher: str, run: Run, data: TaskData, device) -> torch.nn.Module:

@@ -84,6 +84,9 @@ class Form:
 
 
 INCREASING = "increasing"  # marks a tuple whose items must strictly increase
+# Every integer setting ends up in a torch or numpy int64 (sizes, steps, seeds), where a
+# larger one overflows: refused whatever its field's own range says.
+LARGEST_INT = 2**63 - 1
 
 # The value types of params.yaml, each constraint declared once here.
 PositiveInt = Annotated[int, Within("[1, inf)")]
@@ -137,12 +140,10 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     naming `where` when it is of another type or breaks a declared constraint."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
+        if args[0] is int and type(value) is int:  # a field's own range before the int64 one
+            _check_rules(value, args[1:], where)
         value = coerce(value, args[0], where)
-        for rule in args[1:]:
-            if rule == INCREASING and any(a >= b for a, b in itertools.pairwise(value)):
-                raise ParamsError(f"{where}: must increase, got {list(value)}")
-            if isinstance(rule, Within | Form) and not rule.holds(value):
-                raise ParamsError(f"{where}: must be {rule.rule}, got {value}")
+        _check_rules(value, args[1:], where)
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -176,7 +177,17 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         not isinstance(value, hint) or (hint is int and isinstance(value, bool))
     ):
         raise ParamsError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if hint is int and not -LARGEST_INT <= value <= LARGEST_INT:
+        raise ParamsError(f"{where}: must be at most {LARGEST_INT} in size (a 64-bit integer)")
     return value
+
+
+def _check_rules(value: Any, rules: tuple, where: str) -> None:
+    for rule in rules:
+        if rule == INCREASING and any(a >= b for a, b in itertools.pairwise(value)):
+            raise ParamsError(f"{where}: must increase, got {list(value)}")
+        if isinstance(rule, Within | Form) and not rule.holds(value):
+            raise ParamsError(f"{where}: must be {rule.rule}, got {value}")
 
 
 def type_schema(hint: Any) -> dict:

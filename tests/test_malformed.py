@@ -153,6 +153,37 @@ CASES = [  # (the key the message must start with, an edit of the mapping or of 
     ("noise.clean", TextEdit("noise:\n", "noise:\n  clean: {kind: none}\n")),
     ("params.yaml, line 2", TextEdit("profiles:", "profiles: caf\udce9")),
     ("params.yaml, line", TextEdit("seeds:", "seeds: [0")),
+    # a value that would run for ever, or overflow the int64 it becomes
+    (f"{S}.epochs", put(f"{S}.epochs", 10**30)),
+    (f"{S}.batch_size", put(f"{S}.batch_size", 2**64)),
+    # an oversized validation split is its own key's fault, train_size given or not
+    (f"{N}.val_size", both(put(f"{N}.val_size", 100_000), put(f"{N}.train_size", 500))),
+    # a structure that contains itself (directly, in a list, through a merge key)
+    ("noise.cycle", TextEdit("noise:\n", "noise:\n  cycle: &cycle {kind: none, x: *cycle}\n")),
+    ("noise.cycle[1]", TextEdit("noise:\n", "noise:\n  cycle: &cycle [1, *cycle]\n")),
+    ("noise.cycle", TextEdit("noise:\n", "noise:\n  cycle: &cycle {kind: none, <<: *cycle}\n")),
+    # entries that are not mappings
+    (f"{M}.erm", put(f"{M}.erm", 1)),
+    (f"{M}.bogus_option", put(f"{M}.bogus_option", 1)),
+    ("models.mlp", put("models.mlp", 1)),
+    # a noise setting no experiment uses must fit some dataset (digits, fashion, moons)
+    (
+        "noise.unused.classes[1]",
+        put("noise.unused", {**EXTRA["noise"]["imbalance"], "classes": [4, 42]}),
+    ),
+    (
+        "noise.unused.background",
+        put("noise.unused", {**EXTRA["noise"]["background"], "background": 99}),
+    ),
+    ("noise.unused.val_size", put("noise.unused", {"kind": "none", "val_size": 100_000})),
+    (
+        "noise.unused.train_size",
+        put("noise.unused", {"kind": "none", "val_size": 100, "train_size": 70_000}),
+    ),
+    (
+        "noise.unused.kind",
+        put("noise.unused", {"kind": "mask", "rate": 0.1, "token_rate": 0.1, "val_size": 10}),
+    ),
 ]
 
 
@@ -184,6 +215,131 @@ def test_each_malformed_file_names_its_key(tmp_path, key, edit):
 
 def test_the_corpus_covers_every_kind_of_mistake():
     assert len(CASES) >= 40
+
+
+def test_an_unused_noise_setting_that_fits_some_dataset_is_valid(tmp_path):
+    """Only a setting that fits none is refused: one meant for a dataset no experiment uses
+    yet passes (the noise stage checks it against the dataset it is given)."""
+    raw = base()
+    raw["noise"]["spare"] = {"kind": "none", "val_size": 5_000}  # fits fashion, not digits
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load(path)
+
+
+def test_the_epochs_bound_is_in_the_schema_too():
+    """epochs' bound is in the JSON schema too (one declaration, both checks)."""
+    from pipeline.config import MAX_EPOCHS, json_schema
+
+    schedule = json_schema()["properties"]["schedules"]["additionalProperties"]
+    assert schedule["properties"]["epochs"]["maximum"] == MAX_EPOCHS
+
+
+NOISE_STAGE = {  # settings no experiment uses that fit fashion or cifar100, not digits
+    "big_val": ({"kind": "none", "val_size": 5_000}, "noise.big_val.val_size"),
+    "big_train": (
+        {"kind": "none", "val_size": 100, "train_size": 5_000},
+        "noise.big_train.train_size",
+    ),
+    "class42": (
+        {
+            "kind": "imbalance",
+            "classes": [4, 42],
+            "majority_fraction": 0.9,
+            "train_size": 100,
+            "val_size": 20,
+        },
+        "noise.class42.classes[1]",
+    ),
+    "background99": (
+        {"kind": "background", "rate": 0.3, "background": 99, "val_size": 100},
+        "noise.background99.background",
+    ),
+    # only the prepared data says a class has too few examples for the imbalance asked for
+    "too_imbalanced": (
+        {
+            "kind": "imbalance",
+            "classes": [4, 9],
+            "majority_fraction": 0.9,
+            "train_size": 1_000,
+            "val_size": 20,
+        },
+        "noise.too_imbalanced.train_size",
+    ),
+}
+
+
+def test_the_noise_stage_checks_the_setting_it_is_given(workdir, tiny_raw, capsys):
+    """`python -m pipeline noise` with a setting no experiment uses: one line naming the key
+    (it was a ValueError or IndexError traceback), and no split written."""
+    from pipeline.__main__ import main
+
+    tiny_raw["datasets"].update(
+        {"fashion": {"source": "fashion_mnist"}, "c100": {"source": "cifar100"}}
+    )
+    tiny_raw["noise"].update({name: setting for name, (setting, _) in NOISE_STAGE.items()})
+    (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+    assert main(["prepare", "--dataset", "digits"]) == 0
+    for name, (_, key) in NOISE_STAGE.items():
+        capsys.readouterr()
+        assert main(["noise", "--dataset", "digits", "--noise", name, "--seeds", "0"]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {key}: ") and err.count("\n") == 1, err
+        assert not (workdir / plan.split_path("digits", name, 0)).exists()
+
+
+def test_the_noise_stage_checks_a_users_data_once_prepared(workdir, tiny_raw, capsys):
+    """A user's own data: nothing is known of it before the prepare stage, so the noise stage
+    checks the setting against the prepared data (3 classes, 50 examples)."""
+    import numpy as np
+
+    from pipeline.__main__ import main
+
+    rng = np.random.default_rng(0)
+    np.savez(
+        workdir / "mine.npz", x=rng.normal(size=(50, 4)).astype("float32"), y=np.arange(50) % 3
+    )
+    tiny_raw["datasets"]["mine"] = {"source": "arrays", "path": "mine.npz", "test_size": 10}
+    tiny_raw["noise"]["bg5"] = {"kind": "background", "rate": 0.3, "background": 5, "val_size": 10}
+    tiny_raw["noise"]["val60"] = {"kind": "none", "val_size": 60}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+    assert main(["prepare", "--dataset", "mine"]) == 0
+    for name, key in (("bg5", "noise.bg5.background"), ("val60", "noise.val60.val_size")):
+        capsys.readouterr()
+        assert main(["noise", "--dataset", "mine", "--noise", name, "--seeds", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {key}: ") and "(used by --dataset mine)" in err, err
+
+
+@pytest.mark.parametrize(
+    "target, name, known",
+    [
+        ("results/tables/tiny_typo.md", "experiment 'tiny_typo'", "did you mean tiny?"),
+        ("results/figures/weights/tiyn.png", "experiment 'tiyn'", "did you mean tiny?"),
+        (
+            "results/runs/digits/mlp/short/uniform40/ermm/seed0/metrics.json",
+            "method 'ermm'",
+            "did you mean erm?",
+        ),
+        ("results/noise/digits/unifrm40/seed0.json", "noise 'unifrm40'", "known: clean, uniform40"),
+        ("results/data/prepared/digts.pt", "dataset 'digts'", "known: digits"),
+    ],
+)
+def test_a_misspelt_target_lists_the_known_names(workdir, target, name, known):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        ["snakemake", "-n", "--cores", "1", target],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert f"error: {name} (in the target's path): no such entry in params.yaml" in text, text[
+        -2000:
+    ]
+    assert known in text and "Traceback" not in text and "KeyError" not in text, text[-2000:]
 
 
 SAMPLE = [0, 8, 23, 26, 39, 52, 54]  # nan, unsorted, too large, class index, depth, dup, byte

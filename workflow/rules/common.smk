@@ -11,6 +11,32 @@ wildcard_constraints:
     teacher=r"[A-Za-z][A-Za-z0-9_-]*",
 
 
+def named(wc):
+    """The job's wildcards, each an entry of params.yaml: a misspelt target stops here with
+    one line that lists the known names (as an input function's KeyError, Snakemake would
+    print a traceback)."""
+    try:
+        plan.check_names(P, dict(wc.items()), "{key} {value!r} (in the target's path)")
+    except ParamsError as e:
+        sys.exit(f"error: {e}")
+    return wc
+
+
+def made(job, dataset):
+    """A data stage's or train job's inputs, which the pipeline makes itself from params.yaml
+    and packaged data (prepared data, splits, pretrained teachers); ancient where the job
+    never ran in this checkout (no log: logs are not committed). Its outputs then came from
+    git, dated by the checkout, and an input made here (same bytes) is newer without being
+    different: without this, Snakemake 9 (which compares dates whatever --rerun-triggers
+    says) would retrain all that reads it, hours for the translation chain. Once the job ran
+    here, dates count again, with Snakemake's recorded checksums telling a regenerated input
+    from a changed one (the profiles' max-checksum-file-size), and an upstream job that
+    reruns reruns it. A user's own data keeps dates: a file edited by hand is newer."""
+    if P.datasets[dataset].facts.user or os.path.exists(job.log):
+        return list(job.deps)
+    return [ancient(path) for path in job.deps]
+
+
 def settings(job):
     """The params.yaml values a job depends on, for Snakemake's params rerun trigger."""
     return plan.param_values(P, job)
@@ -50,6 +76,7 @@ SEEDS = plan.seeds_arg(P.seeds)
 
 def train_job(wc):
     """The plan's train job for a setting's wildcards (its inputs depend on the dataset)."""
+    named(wc)
     return plan.train_job(
         P, plan.Cell(wc.dataset, wc.model, wc.schedule, wc.noise, wc.method, P.seeds)
     )

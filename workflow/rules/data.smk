@@ -3,7 +3,7 @@
 
 rule prepare:
     input:
-        lambda wc: plan.prepare_job(P, wc.dataset).deps,
+        lambda wc: plan.prepare_job(P, named(wc).dataset).deps,
     output:
         plan.prepared_path("{dataset}"),
     log:
@@ -22,7 +22,9 @@ rule prepare:
 
 rule noise:
     input:
-        plan.prepared_path("{dataset}"),
+        lambda wc: made(
+            plan.noise_job(P, named(wc).dataset, wc.noise, P.seeds), wc.dataset
+        ),
     output:
         plan.split_outputs("{dataset}", "{noise}", P.seeds),
     log:

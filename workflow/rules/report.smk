@@ -4,7 +4,7 @@
 
 rule report:
     input:
-        lambda wc: plan.report_job(P, wc.experiment).deps,
+        lambda wc: plan.report_job(P, named(wc).experiment).deps,
     output:
         report(
             plan.table_paths("{experiment}")[0],
@@ -31,14 +31,14 @@ rule report:
     resources:
         **requests("report"),
     params:
-        settings=lambda wc: settings(plan.report_job(P, wc.experiment)),
+        settings=lambda wc: settings(plan.report_job(P, named(wc).experiment)),
     shell:
         "python -m pipeline report --experiment {wildcards.experiment}"
 
 
 rule weights:
     input:
-        lambda wc: plan.weights_job(P, wc.experiment).deps,
+        lambda wc: plan.weights_job(P, named(wc).experiment).deps,
     output:
         report(
             plan.weights_figure_path("{experiment}"),
@@ -55,14 +55,14 @@ rule weights:
     resources:
         **requests("weights"),
     params:
-        settings=lambda wc: settings(plan.weights_job(P, wc.experiment)),
+        settings=lambda wc: settings(plan.weights_job(P, named(wc).experiment)),
     shell:
         "python -m pipeline weights --experiment {wildcards.experiment}"
 
 
 rule regions:
     input:
-        lambda wc: plan.regions_job(P, wc.experiment).deps,
+        lambda wc: plan.regions_job(P, named(wc).experiment).deps,
     output:
         report(
             plan.regions_figure_paths("{experiment}")[0],
@@ -85,14 +85,14 @@ rule regions:
     resources:
         **requests("regions"),
     params:
-        settings=lambda wc: settings(plan.regions_job(P, wc.experiment)),
+        settings=lambda wc: settings(plan.regions_job(P, named(wc).experiment)),
     shell:
         "python -m pipeline regions --experiment {wildcards.experiment}"
 
 
 rule suspects:
     input:
-        lambda wc: plan.suspects_job(P, wc.experiment).deps,
+        lambda wc: plan.suspects_job(P, named(wc).experiment).deps,
     output:
         report(
             plan.suspects_paths("{experiment}")[0],
@@ -116,7 +116,7 @@ rule suspects:
     resources:
         **requests("suspects"),
     params:
-        settings=lambda wc: settings(plan.suspects_job(P, wc.experiment)),
+        settings=lambda wc: settings(plan.suspects_job(P, named(wc).experiment)),
     shell:
         "python -m pipeline suspects --experiment {wildcards.experiment}"
 

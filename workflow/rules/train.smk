@@ -5,7 +5,7 @@
 
 rule train:
     input:
-        lambda wc: train_job(wc).deps,
+        lambda wc: made(train_job(wc), wc.dataset),
     output:
         CELL.outputs,
     log:
@@ -31,7 +31,10 @@ rule train:
 # method and experiment that needs it reuses the same models.
 rule pretrain:
     input:
-        lambda wc: plan.pretrain_job(P, wc.teacher, wc.dataset, wc.noise, P.seeds).deps,
+        lambda wc: made(
+            plan.pretrain_job(P, named(wc).teacher, wc.dataset, wc.noise, P.seeds),
+            wc.dataset,
+        ),
     output:
         plan.pretrain_outputs("{teacher}", "{dataset}", "{noise}", P.seeds),
     log:
@@ -46,7 +49,7 @@ rule pretrain:
         gpu=GPUS,
     params:
         settings=lambda wc: settings(
-            plan.pretrain_job(P, wc.teacher, wc.dataset, wc.noise, P.seeds)
+            plan.pretrain_job(P, named(wc).teacher, wc.dataset, wc.noise, P.seeds)
         ),
         seeds=SEEDS,
     shell:
