@@ -50,8 +50,9 @@ def detection_rows(p: Params, experiment: str) -> pd.DataFrame:
 
 
 PREMISE = {  # what a ranking below chance (AUC < 0.5) contradicts, by what it ranks by
-    "mean weight": "the teacher's weight rises with the loss, against the premise that it "
-    "down-weights the examples it cannot fit",
+    "mean weight": "the corrupted labels get the larger weights, against the premise that the "
+    "teacher down-weights them (for Meta-Weight-Net, whose weight is a function of the loss: "
+    "the weight rises with the loss)",
     "small loss (val-chosen epoch)": "the corrupted labels have the smaller loss, against the "
     "small-loss premise",
 }

@@ -75,7 +75,7 @@ def test_the_detection_table_shows_each_seeds_auc_and_flags_a_reversed_ranking()
     assert "| 0.970, —, 0.970 |" in erm and "✗" not in erm
     notes = [line for line in lines if line.startswith("✗")]
     assert len(notes) == 1 and "ranked by mean weight" in notes[0]
-    assert "weight rises with the loss" in notes[0]
+    assert "corrupted labels get the larger weights" in notes[0]
     assert all(len(line.split("|")) == len(lines[2].split("|")) for line in lines[2:6])
 
 
