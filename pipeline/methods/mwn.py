@@ -14,7 +14,8 @@ and the authors' scripts differ:
   leaves the step unchanged, so the teacher learns only how weights differ between examples.
 - otherwise w_i = v_i / n, as the authors' later script does. Then raising every weight lowers
   R(theta') as a longer step would, whatever the examples' labels; measured, the direction of
-  the learned function then follows the teacher's random initialisation (issue 35).
+  the learned function then follows the teacher's random initialisation (`mwn_mean` in the
+  suspects tables).
 
 The virtual step uses the real optimiser's rule (momentum, weight decay); the authors' scripts
 take a plain SGD step there. The teacher's optimiser is SGD with `teacher_momentum`,
