@@ -51,23 +51,56 @@ def detection_rows(p: Params, experiment: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def detection_table(rows: pd.DataFrame, noise: str) -> list[str]:
+PREMISE = {  # what a ranking below chance (AUC < 0.5) contradicts, by what it ranks by
+    "mean weight": "the corrupted labels get the larger weights, against the premise that the "
+    "teacher down-weights them (for Meta-Weight-Net, whose weight is a function of the loss: "
+    "the weight rises with the loss)",
+    "small loss (val-chosen epoch)": "the corrupted labels have the smaller loss, against the "
+    "small-loss premise",
+}
+REVERSED = "✗"  # marks a seed whose ranking is below chance
+
+
+def per_seed_auc(group: pd.DataFrame, seeds: list[int]) -> str:
+    """Each seed's ROC AUC in the order of `seeds` ("—": no corrupted label realised), a
+    ranking below chance marked."""
+    by_seed = dict(zip(group.seed, group.auc, strict=True))
+    cells = []
+    for seed in seeds:
+        auc = by_seed.get(seed)
+        cells.append("—" if auc is None else f"{auc:.3f}" + (f" {REVERSED}" if auc < 0.5 else ""))
+    return ", ".join(cells)
+
+
+def detection_table(rows: pd.DataFrame, noise: str, seeds: list[int]) -> list[str]:
+    """Mean ± 95% CI of each figure, and each seed's ROC AUC: a mean can hide seeds whose
+    rankings point opposite ways (an AUC of 0.05 and one of 0.98 average to chance)."""
     part = rows[rows.noise == noise]
     k = ", ".join(str(v) for v in sorted(set(part.corrupted)))
     n = ", ".join(str(v) for v in sorted(set(part.examples)))
     lines = [
         f"## {noise}: K = {k} corrupted labels among {n} training examples",
         "",
-        "| method | ranked by | " + " | ".join(FIGURES.values()) + " |",
-        "|---" * (len(FIGURES) + 2) + "|",
+        f"| method | ranked by | ROC AUC | ROC AUC per seed ({', '.join(map(str, seeds))}) | "
+        + " | ".join(list(FIGURES.values())[1:])
+        + " |",
+        "|---" * (len(FIGURES) + 3) + "|",
     ]
+    reversed_premises = []
     for method, group in part.groupby("method", sort=False):
         cells = []
         for key in FIGURES:
             mean, ci = mean_ci95(group.sort_values("seed")[key].tolist())
             cells.append(f"{mean:.3f} ± {ci:.3f}")
-        lines.append(f"| {method} | {group.ranked_by.iloc[0]} | " + " | ".join(cells) + " |")
-    return [*lines, ""]
+        cells.insert(1, per_seed_auc(group, seeds))
+        ranked = group.ranked_by.iloc[0]
+        lines.append(f"| {method} | {ranked} | " + " | ".join(cells) + " |")
+        if (group.auc < 0.5).any() and ranked not in reversed_premises:
+            reversed_premises.append(ranked)
+    lines.append("")
+    for ranked in reversed_premises:
+        lines += [f"{REVERSED} below chance: ranked by {ranked}, {PREMISE[ranked]}.", ""]
+    return lines
 
 
 def read_examples(run: plan.Run) -> pd.DataFrame:
@@ -130,7 +163,7 @@ def markdown(p: Params, experiment: str, rows: pd.DataFrame) -> str:
         ]
         for noise in exp.noise:
             if noise in set(rows.noise):
-                lines += detection_table(rows, noise)
+                lines += detection_table(rows, noise, list(p.seeds))
         if exp.suspects_note:
             lines += [exp.suspects_note, ""]
     lines += [

@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from pipeline.config import NoiseSpec, ParamsError, build
 from pipeline.core.optim import SGDRule, sgd_step
+from pipeline.methods.mwn import batch_normalised
 from pipeline.methods.registry import METHODS
 
 
@@ -141,13 +142,17 @@ def test_missing_internal_state_is_an_error(noisy64):
         make_method("dir", noisy64, arch="mlp", dtype=torch.float64, features=("I2", "M0"))
 
 
+@pytest.mark.parametrize("normalise", [True, False])
 @pytest.mark.parametrize("route", ["jvp", "jvp_traced"])
-def test_meta_weight_net_gradient_equals_double_backward(noisy64, route):
-    """Meta-Weight-Net's teacher gradient (both routes) equals double backward through the
-    virtual step of the real optimiser (momentum and weight decay) in float64."""
+def test_meta_weight_net_gradient_equals_double_backward(noisy64, route, normalise):
+    """Meta-Weight-Net's teacher gradient (both routes, both scalings of the weights) equals
+    double backward through the virtual step of the real optimiser (momentum and weight
+    decay) in float64; with normalise the batch sum is differentiated too."""
     from pipeline.core.meta import lookahead_loss
 
-    method = make_method("mwn", noisy64, dtype=torch.float64, hidden=8, route=route)
+    method = make_method(
+        "mwn", noisy64, dtype=torch.float64, hidden=8, route=route, normalise=normalise
+    )
     method.step(batch_of(noisy64, 0))  # momentum buffers exist from here on
     model, student = method.student.model, method.student
     batch = batch_of(noisy64, 32)
@@ -163,15 +168,60 @@ def test_meta_weight_net_gradient_equals_double_backward(noisy64, route):
     method.ctx.generator.set_state(state)
     vx, vy = method.val_batch()
     losses = F.cross_entropy(model(batch.x), batch.y, reduction="none")
-    w = method.teacher(losses.detach()[:, None]).squeeze(1) / len(losses)
+    v = method.teacher(losses.detach()[:, None]).squeeze(1)
+    w = v / v.sum() if normalise else v / len(v)
     named = dict(model.named_parameters())
     g = torch.autograd.grad((w * losses).sum(), list(named.values()), create_graph=True)
     val = lookahead_loss(
         model, student.rule(), student.optimizer_state(), dict(zip(named, g, strict=True)), vx, vy
     )
     expected = torch.autograd.grad(val, list(method.teacher.parameters()))
+    assert any(e.abs().max() > 1e-8 for e in expected)  # the oracle is not trivially zero
     for a, b in zip(grads[0], expected, strict=True):
         assert torch.allclose(a, b, rtol=1e-9, atol=1e-15)
+
+
+def test_meta_weight_net_flat_start_is_constant_then_learns_a_direction(noisy64):
+    """flat_start: every example gets the same weight at step 0 (a drawn teacher does not),
+    and the meta-gradient still reaches the teacher, whose weights then differ by loss."""
+    batch = batch_of(noisy64, 0)
+    losses = F.cross_entropy(
+        make_method("mwn", noisy64, dtype=torch.float64).student.model(batch.x),
+        batch.y,
+        reduction="none",
+    ).detach()
+    drawn = make_method("mwn", noisy64, dtype=torch.float64)
+    assert drawn.raw_weights(losses).std() > 1e-6
+    method = make_method("mwn", noisy64, dtype=torch.float64, flat_start=True)
+    v0 = method.raw_weights(losses)
+    assert torch.equal(v0, v0[:1].expand_as(v0))
+    before = [p.clone() for p in method.teacher.parameters()]
+    for start in (0, 32, 64):
+        method.step(batch_of(noisy64, start))
+    assert not torch.equal(before[2], method.teacher[2].weight)  # the zeroed layer moved
+    assert method.raw_weights(losses).std() > 1e-9  # no longer constant
+
+
+def test_meta_weight_net_zero_sum_guard(noisy64):
+    """normalise: weights over their batch sum; a batch whose teacher outputs all underflow
+    to 0 keeps zero weights (no 0 / 0) and the step goes on."""
+    assert torch.equal(batch_normalised(torch.tensor([1.0, 3.0])), torch.tensor([0.25, 0.75]))
+    assert torch.equal(batch_normalised(torch.zeros(3)), torch.zeros(3))
+    method = make_method("mwn", noisy64, dtype=torch.float64)
+    with torch.no_grad():
+        method.teacher[2].bias.fill_(-1e4)  # sigmoid(-1e4) is exactly 0 in float64
+    batch = batch_of(noisy64, 0)
+    losses, _ = method.training_losses(batch)
+    assert torch.equal(method.raw_weights(losses), torch.zeros(32, dtype=torch.float64))
+    assert torch.equal(method.weights(losses), torch.zeros(32, dtype=torch.float64))
+    assert method.step(batch)["loss"] == 0
+
+
+def test_meta_weight_net_settings_are_checked():
+    with pytest.raises(ParamsError, match="methods.mwn.nesterov"):
+        build(METHODS["mwn"].Settings, {"teacher_momentum": 0.0}, "methods.mwn")
+    built = build(METHODS["mwn"].Settings, {}, "methods.mwn")
+    assert (built.normalise, built.nesterov, built.teacher_weight_decay) == (True, True, 5e-4)
 
 
 def test_focal_loss_definition(noisy64):

@@ -51,6 +51,34 @@ def test_a_perfect_ranking_scores_one_and_a_reversed_one_zero():
         ranking_quality(np.array([False, False]))
 
 
+def test_the_detection_table_shows_each_seeds_auc_and_flags_a_reversed_ranking():
+    """A mean can hide seeds that rank opposite ways: each seed's AUC is in the table, one
+    below chance is marked, and the note says which premise it contradicts."""
+    import pandas as pd
+
+    from pipeline.suspects import detection_table
+
+    def row(method, ranked, seed, auc):
+        figures = {"precision_at_half": 0.5, "precision_at_k": 0.5, "recall_at_twice": 0.8}
+        return {"noise": "u40", "method": method, "seed": seed, "ranked_by": ranked,
+                "corrupted": 40, "examples": 100, "auc": auc, **figures}  # fmt: skip
+
+    rows = pd.DataFrame(
+        [row("mwn", "mean weight", s, a) for s, a in ((0, 0.832), (1, 0.981), (2, 0.05))]
+        + [row("erm", "small loss (val-chosen epoch)", s, 0.97) for s in (0, 2)]
+    )
+    lines = detection_table(rows, "u40", [0, 1, 2])
+    assert "| ROC AUC | ROC AUC per seed (0, 1, 2) | precision@K/2 |" in lines[2]
+    mwn = next(line for line in lines if line.startswith("| mwn |"))
+    assert "| 0.832, 0.981, 0.050 ✗ |" in mwn
+    erm = next(line for line in lines if line.startswith("| erm |"))
+    assert "| 0.970, —, 0.970 |" in erm and "✗" not in erm
+    notes = [line for line in lines if line.startswith("✗")]
+    assert len(notes) == 1 and "ranked by mean weight" in notes[0]
+    assert "corrupted labels get the larger weights" in notes[0]
+    assert all(len(line.split("|")) == len(lines[2].split("|")) for line in lines[2:6])
+
+
 def test_example_weights_keep_each_examples_mean_and_last_weight():
     weights = ExampleWeights(4)
     weights.add(torch.tensor([0, 2]), torch.tensor([1.0, 3.0]))

@@ -135,16 +135,30 @@ class SelfPacedSettings(MethodSettings):
 
 @dataclass(frozen=True)
 class MWNSettings(MethodSettings):
-    """route: how the tangents along d = A^T grad R(theta') are computed, both exact (tests/
+    """normalise: the teacher's weights over their batch sum in the virtual and the real step
+    (the authors' noisy-label script); False: over the batch size (their later script).
+    teacher_lr, teacher_momentum, nesterov, teacher_weight_decay: the teacher's SGD (the
+    defaults are the noisy-label script's). flat_start: the weight function starts constant
+    (its last layer's weights zero), so that its direction is learned, not drawn.
+    route: how the tangents along d = A^T grad R(theta') are computed, both exact (tests/
     test_dir.py): jvp: a separate no-grad tangent forward; jvp_traced: from the values the
     training forward recorded, over the traced student (pipeline/core/traced.py), with no
     second forward and dropout's masks the same as the training forward's (a model that does
     not trace runs as jvp)."""
 
     hidden: PositiveInt = 100
+    normalise: bool = True
     teacher_lr: Positive = 1e-3
+    teacher_momentum: FractionBelow1 = 0.9
+    nesterov: bool = True
+    teacher_weight_decay: NonNegative = 5e-4
+    flat_start: bool = False
     val_batch_size: PositiveInt | None = None
     route: Literal["jvp", "jvp_traced"] = "jvp"
+
+    def check(self, where: str) -> None:
+        if self.nesterov and self.teacher_momentum == 0:
+            raise ParamsError(f"{where}.nesterov: Nesterov momentum needs teacher_momentum > 0")
 
 
 @dataclass(frozen=True)
