@@ -280,9 +280,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ScheduleSpec:
-    """The student's optimiser with step decay: lr *= gamma at each fraction of training in
-    milestones. optimizer: sgd (momentum, nesterov), adam (weight_decay as L2 in the
-    gradient, as torch.optim.Adam) or adamw (decoupled weight decay); betas and eps: Adam's."""
+    """The student's optimiser and its rate (pipeline/core/student.py scheduled_lr): step
+    decay (lr *= gamma at each fraction of training in milestones), fairseq's inverse_sqrt or
+    a cosine to 0, after a linear warm-up over warmup_steps. optimizer: sgd (momentum,
+    nesterov), adam (weight_decay as L2 in the gradient, as torch.optim.Adam) or adamw
+    (decoupled weight decay); betas and eps: Adam's."""
 
     # at most 100,000: 36x the longest schedule of the papers (MPL's 1M steps, 2,783 epochs);
     # a larger count is a typo that would keep a job running for ever, not a schedule
@@ -304,17 +306,19 @@ class ScheduleSpec:
     # (train_acc) and, among the corrupted ones, the fraction it predicts as given (noisy_fit):
     # the check that a baseline memorises the noise (one eval pass over the training split)
     fit_curve: bool = False
-    # translation: fairseq's label-smoothed cross entropy (its eps); linear warm-up of the lr
-    # over the first warmup_steps, then decay by milestones (step) or as fairseq's inverse_sqrt
+    # translation: fairseq's label-smoothed cross entropy (its eps)
     label_smoothing: FractionBelow1 = 0.0
+    # linear warm-up of the lr over the first warmup_steps, then decay by milestones (step),
+    # as fairseq's inverse_sqrt, or on half a cosine to 0 at the last step (cosine: the
+    # schedule of MPL's Appendix B and of its authors' code)
     warmup_steps: NonNegativeInt = 0
-    lr_decay: Literal["step", "inverse_sqrt"] = "step"
+    lr_decay: Literal["step", "inverse_sqrt", "cosine"] = "step"
 
     def check(self, where: str) -> None:
         if self.lr_decay == "inverse_sqrt" and not self.warmup_steps:
             raise ParamsError(f"{where}.warmup_steps: required by lr_decay inverse_sqrt")
-        if self.lr_decay == "inverse_sqrt" and self.milestones:
-            raise ParamsError(f"{where}.milestones: step decay, not with lr_decay inverse_sqrt")
+        if self.lr_decay != "step" and self.milestones:
+            raise ParamsError(f"{where}.milestones: step decay, not with lr_decay {self.lr_decay}")
         if self.optimizer != "sgd" and self.nesterov:
             raise ParamsError(f"{where}.nesterov: only with optimizer sgd")
 
@@ -738,6 +742,9 @@ def _check_task_kind(p: Params, name: str, exp) -> None:
                 f"methods.{method}.features: a translation's DIR teacher reads I0, I1 and L "
                 f"(M0 and M1 are of classes; used by {where})"
             )
+        check_schedule = getattr(settings, "check_schedule", None)  # a method's settings
+        if check_schedule is not None:  # that depend on the batch (MPL's unlabelled_ratio)
+            check_schedule(f"methods.{method}", p.schedules[exp.schedule], where)
         start = settings.start_from
         if start and p.teachers[start].model != exp.model:
             raise ParamsError(

@@ -95,6 +95,14 @@ def write_example_records(
         metrics["detection"] = found
 
 
+def scores_teacher(p: Params, run: Run) -> bool:
+    """Whether the run's method learns a teacher of the student's architecture that the
+    evaluate stage scores too (the method class's `scores_teacher`)."""
+    from pipeline.methods.registry import METHODS
+
+    return METHODS[p.method_kind(run.method)].scores_teacher
+
+
 def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
     """Score a run's saved model on the test split (`data`: the run's task, when loaded)."""
     device = numerics.pick_device(p.run.device)
@@ -137,6 +145,10 @@ def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
     if saved["method"].get("metrics"):  # what a teacher recorded (e.g. DLF's history)
         metrics["teacher"] = saved["method"]["metrics"]
     write_example_records(model, task, saved, data, run, metrics)
+    if scores_teacher(p, run):  # last: it loads the teacher's weights into `model`
+        teacher = saved["method"]["teacher"]
+        metrics["teacher_test"] = score(teacher, "test")
+        metrics[f"teacher_val_{task.headline}"] = score(teacher, "val")[task.headline]
     sample = saved["method"].get("weight_sample")
     if sample and sample["weights"]:
         metrics["weight_histogram"] = weight_histogram(sample)

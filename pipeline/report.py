@@ -30,9 +30,13 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
+TEACHER_ROW = " (teacher)"  # the suffix of a row that scores a method's own teacher
+
+
 def collect(p: Params, experiment: str) -> pd.DataFrame:
     """One row per run and reported model: noise setting, row name, seed, test metrics.
-    Row names are the method names, and "<method> +ES" for the best-on-validation epoch."""
+    Row names are the method names, "<method> +ES" for the best-on-validation epoch and
+    "<method> (teacher)" for the teacher a method learned (where the run scored it)."""
     exp = p.experiments[experiment]
     rows = []
     metric = headline_of(p, experiment)
@@ -41,6 +45,15 @@ def collect(p: Params, experiment: str) -> pd.DataFrame:
         finite_or_refuse(run.file("metrics.json"), m)
         row = {"noise": run.noise, "method": run.method, "seed": run.seed, **m["test"]}
         rows.append({**row, "collapsed": collapsed_run(run, metric)})
+        if "teacher_test" in m:  # a teacher of the student's architecture (MPL), scored alike
+            rows.append(
+                {
+                    "noise": run.noise,
+                    "method": f"{run.method}{TEACHER_ROW}",
+                    "seed": run.seed,
+                    **m["teacher_test"],
+                }
+            )
         if exp.early_stopping and "test_best_val" in m:
             rows.append(
                 {
@@ -169,7 +182,13 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
         f"Test {METRIC_LABEL[metric]}, mean ± 95% CI over {len(p.seeds)} seeds "
         f"({', '.join(map(str, p.seeds))}); dataset {exp.dataset}, model {exp.model}, "
         f'schedule {exp.schedule}. Rows are the final model; "+ES" rows the epoch best '
-        "on the clean validation split.",
+        "on the clean validation split."
+        + (
+            ' "(teacher)" rows score the final teacher network itself, a model of the '
+            "student's architecture, on the same test split."
+            if any(m.endswith(TEACHER_ROW) for m in ours)
+            else ""
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|---" * len(header) + "|",

@@ -352,3 +352,26 @@ def test_each_experiment_is_filed_under_its_paper_in_the_report():
     assert paper_of("l2rw_uniform_fmnist") == PAPERS["l2rw"]
     assert paper_of("dlf_mnist10k_mlp") != paper_of("dir_clean_fmnist")
     assert paper_of("erm_uniform_fmnist") == paper_of("tiny") == "Baselines"
+
+
+def test_a_scored_teacher_gets_its_own_row_after_its_method(workdir, tiny_raw):
+    """A run whose metrics hold the teacher's test scores (MPL) adds a "(teacher)" row right
+    after its method's row; runs without one add none."""
+    from pipeline import plan
+    from pipeline.io import write_json
+    from pipeline.report import collect
+
+    tiny_raw["methods"] = {"erm": None, "mpl": None}
+    tiny_raw["experiments"]["tiny"].update(methods=["mpl", "erm"], noise=["clean"])
+    p = parse(tiny_raw)
+    for run in plan.runs(p, "tiny"):
+        metrics = {"test": {"accuracy": 70.0 + run.seed}}
+        if run.method == "mpl":
+            metrics["teacher_test"] = {"accuracy": 80.0 + run.seed}
+        write_json(metrics, run.file("metrics.json"))
+    summary = summarise(collect(p, "tiny"))
+    assert summary["method"].tolist() == ["mpl", "mpl (teacher)", "erm"]
+    assert summary.set_index("method").loc["mpl (teacher)", "accuracy_mean"] == 80.5
+    text = markdown(p, "tiny", summary)
+    assert '"(teacher)" rows score the final teacher network' in text
+    assert "| mpl (teacher) | 80.50 ± " in text

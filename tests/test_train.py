@@ -406,3 +406,39 @@ def test_progress_is_a_bar_on_a_terminal_and_a_line_per_milestone_in_a_log(strea
     assert ("\r" in text) == (stream is FakeTerminal)  # the bar redraws only on a terminal
     if stream is io.StringIO:
         assert text.count("\n") == 2  # nothing but the two milestone lines
+
+
+def test_mpl_resumes_inside_the_students_wait_and_its_teacher_is_scored(prepared):
+    """A run killed while MPL's student waits (30 of 2 x 28 steps) resumes to the weights of
+    an uninterrupted run; the evaluate stage scores the saved teacher on the test split, and
+    the history holds its validation accuracy beside the student's."""
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["methods"]["mpl_wait"] = {
+        "method": "mpl",
+        "student_wait_steps": 30,
+        "teacher_warmup_steps": 5,
+        "teacher_lr_decay": "cosine",
+    }
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    p = load("params.yaml")
+    run = plan.Run("digits", "mlp", "short", "clean", "mpl_wait", 0)
+    train(p, run, stop_after_epoch=1)  # "killed" after epoch 1, inside the wait
+    train(p, run)
+    resumed = model_state(run)
+    train(p, run)  # from scratch
+    assert_same_tensors(resumed, model_state(run))
+
+    m = read_json(run.file("metrics.json"))
+    saved = load_torch(run.file("model.pt"))
+    from pipeline.core.student import predict
+    from pipeline.models import build_model
+    from pipeline.task import load_task
+
+    data = load_task("digits", "clean", 0, torch.device("cpu"))
+    teacher = build_model("mlp", data.in_shape, data.num_classes, hidden=[32])
+    teacher.load_state_dict(saved["method"]["teacher"])
+    correct = (predict(teacher, data.test_x).argmax(1) == data.test_y).double().mean()
+    assert m["teacher_test"]["accuracy"] == pytest.approx(100 * float(correct), abs=0.01)
+    assert m["teacher_test"]["accuracy"] != m["test"]["accuracy"]
+    history = read_json(run.file("history.json"))
+    assert all(0 < h["teacher_val_acc"] <= 1 for h in history)

@@ -1,4 +1,4 @@
-"""The student being trained: a model, its optimiser's update and its step-decay schedule.
+"""The student being trained: a model, its optimiser's update and its learning-rate schedule.
 
 The update is the rule of torch.optim.SGD, Adam or AdamW as one pure function
 (pipeline/core/optim.py, tested bit-identical to torch.optim), so look-ahead steps take
@@ -8,6 +8,8 @@ importing its compiler on first use.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +38,44 @@ def first_bad(quantity: str, tensors: dict[str, torch.Tensor], step: int) -> Non
             raise NonFinite(f"step {step}: the {quantity} of {name} is not finite")
 
 
+def scheduled_lr(
+    lr: float,
+    step: int,
+    total: int,
+    *,
+    warmup: int = 0,
+    decay: str = "step",
+    milestones: tuple[float, ...] = (),
+    gamma: float = 0.1,
+    wait: int = 0,
+) -> float:
+    """The learning rate of `step` (0-based) of `total`, shared by students and teachers.
+
+    wait: the first `wait` steps have rate 0 and the rest runs the schedule as if training
+    started there (warm-up, milestones and cosine over the `total - wait` steps left), as both
+    public MPL codes shift their student's schedule by its wait. Then:
+    warm-up: the first `warmup` steps rise linearly to lr (fairseq's warm-up from 0);
+    step: lr * gamma^k after the k-th milestone (fractions of the steps);
+    inverse_sqrt: fairseq's, lr * sqrt(warmup / (step + 1)) after the warm-up;
+    cosine: after the warm-up, half a cosine from lr to 0 over the remaining steps (the
+        schedule of both MPL codes and of the paper's Appendix B);
+    constant: lr after the warm-up."""
+    if step < wait:
+        return 0.0
+    step, total = step - wait, total - wait
+    n = step + 1
+    if decay == "inverse_sqrt":
+        return lr * min(n / warmup, (warmup / n) ** 0.5)
+    warm = min(1.0, n / warmup) if warmup else 1.0
+    if decay == "cosine" and step >= warmup:
+        progress = (step - warmup) / max(1, total - warmup)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if decay in ("cosine", "constant"):
+        return lr * warm
+    passed = sum(step >= round(m * total) for m in milestones)
+    return lr * gamma**passed * warm
+
+
 class Student:
     def __init__(self, model: nn.Module, schedule: ScheduleSpec, total_steps: int):
         self.model = model
@@ -43,17 +83,36 @@ class Student:
         self.total_steps = total_steps
         self.step_count = 0
         self.state: State = {}  # the optimiser's (momentum or Adam's moments)
+        # steps at rate 0 before the schedule starts (hold(), not update(); MPL's student wait)
+        self.wait_steps = 0
 
     def lr_at(self, step: int) -> float:
-        """Step decay: lr * gamma^k after the k-th milestone (fractions of total steps); or
-        fairseq's inverse_sqrt: lr * sqrt(warmup / (step + 1)) after the warm-up. The first
-        `warmup_steps` steps rise linearly to lr (fairseq's warm-up from 0)."""
-        s, n = self.schedule, step + 1
-        if s.lr_decay == "inverse_sqrt":
-            return s.lr * min(n / s.warmup_steps, (s.warmup_steps / n) ** 0.5)
-        passed = sum(step >= round(m * self.total_steps) for m in s.milestones)
-        warm = min(1.0, n / s.warmup_steps) if s.warmup_steps else 1.0
-        return s.lr * s.gamma**passed * warm
+        """The scheduled rate of `step` (0-based): `scheduled_lr` of the schedule, with this
+        student's wait (a method's, e.g. MPL's student wait; 0 by default)."""
+        s = self.schedule
+        return scheduled_lr(
+            s.lr,
+            step,
+            self.total_steps,
+            warmup=s.warmup_steps,
+            decay=s.lr_decay,
+            milestones=s.milestones,
+            gamma=s.gamma,
+            wait=self.wait_steps,
+        )
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the coming step falls in the wait (rate 0: the student does not step)."""
+        return self.step_count < self.wait_steps
+
+    def hold(self) -> None:
+        """A step of the wait: counted, while parameters, buffers and optimiser state stay as
+        they are (the rate is 0; no momentum builds up on the way, unlike a torch optimiser
+        stepped at rate 0)."""
+        if not self.waiting:
+            raise RuntimeError(f"step {self.step_count + 1}: the student's wait is over")
+        self.step_count += 1
 
     def rule(self) -> Rule:
         """The update rule of the coming step (its scheduled lr), for look-ahead steps."""
@@ -71,6 +130,8 @@ class Student:
         """One step of the optimiser on `loss` at the scheduled learning rate. Every method's
         student steps here, so this is the one place that stops a run whose loss, gradients
         or new parameters are not finite (before any of them is applied)."""
+        if self.waiting:
+            raise RuntimeError(f"step {self.step_count + 1}: the student waits (hold, not update)")
         params = dict(self.model.named_parameters())
         for p in params.values():
             p.grad = None

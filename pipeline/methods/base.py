@@ -53,6 +53,9 @@ class Method:
     # the kinds of task (pipeline/task_kinds.py) the method is written for; settings.py's
     # TASK_KINDS says the same for params.yaml's check
     task_kinds = ("classification",)
+    # True: the method's state_dict()["teacher"] is a model of the student's architecture and
+    # task, which the evaluate stage scores on the test split beside the student (MPL)
+    scores_teacher = False
 
     def __init__(self, settings, ctx: Context):
         if ctx.task.name not in self.task_kinds:

@@ -11,8 +11,8 @@ Two teacher gradients (`route`):
   the core's one-step JVP route (pipeline/core/meta.py): d = A^T grad R(theta'), the tangents
   of the student's logits along d, and the teacher surrogate for target distributions.
   tests/test_mpl.py checks it against double backward through the student's step.
-- `first_order` (hard pseudo labels y^ sampled from the teacher, as the paper and most
-  reimplementations train): the teacher loss h * CE(T(x_u), y^) with the scalar
+- `first_order` (hard pseudo labels y^: the teacher's argmax, or `sampled` from it): the
+  teacher loss h * CE(T(x_u), y^) with the scalar
   h = R(theta) - R(theta'), the change of the student's labelled loss over its step, a
   first-order estimate of the paper's Appendix A score-function gradient (h > 0: the labels
   helped, so the teacher makes them likelier). It needs one labelled forward before and one
@@ -21,6 +21,18 @@ Two teacher gradients (`route`):
 The teacher's optimiser is SGD with (Nesterov) momentum, as the student's (Appendix B), or
 Adam. Dropout on both networks: the student's rate is its model spec's `dropout`; the teacher,
 a fresh copy of the student's architecture, has the same rate or `teacher_dropout`.
+
+Protocol settings of the authors' public codes, where the paper is silent (both the official
+TensorFlow code and the PyTorch reimplementation it links to): `student_wait_steps`, the
+student's rate is 0 for the first steps and it does not step (here not even its momentum
+builds up) while the teacher learns from its own labelled loss (and UDA's), the MPL term
+being 0 while the student stands still; `teacher_warmup_steps` / `teacher_lr_decay` and the
+schedule's `lr_decay: cosine`, a linear warm-up then half a cosine for both networks (the
+student's counted from the end of its wait); `unlabelled_ratio`, unlabelled examples per
+labelled one in a step (the codes: 7); and `pseudo_labels: hard`, the teacher's argmax, which
+the codes' first-order teacher learns from (`sampled` draws from its distribution instead).
+`validation_metrics` logs the teacher's validation accuracy, and the evaluate stage scores
+the teacher on the test split beside the student (`scores_teacher`).
 
 Pairings of Table 1: `augment: randaugment` feeds teacher and student the same strong
 augmentation of the unlabelled batch, and the teacher's supervised batch too (RandAugment +
@@ -45,6 +57,7 @@ from pipeline.core.meta import (
     targets_loss,
     teacher_surrogate,
 )
+from pipeline.core.student import accuracy, predict, scheduled_lr
 from pipeline.methods.base import Batch, Method
 from pipeline.methods.semi_supervised import uda_consistency
 from pipeline.methods.settings import MPLSettings
@@ -53,6 +66,7 @@ from pipeline.models import fresh_copy
 
 class MetaPseudoLabels(Method):
     uses_unlabelled = True  # the student sees only the teacher's labels
+    scores_teacher = True  # the teacher is a classifier of the student's architecture
 
     Settings = MPLSettings
 
@@ -60,6 +74,13 @@ class MetaPseudoLabels(Method):
         super().__init__(settings, ctx)
         self.teacher = self.make_teacher()
         s = settings
+        if s.student_wait_steps >= self.student.total_steps:
+            raise ValueError(
+                f"student_wait_steps {s.student_wait_steps}: the run has "
+                f"{self.student.total_steps} steps; the student would never learn"
+            )
+        self.student.wait_steps = s.student_wait_steps
+        self.labelled_batch = s.labelled_batch_size(ctx.schedule.batch_size)
         if s.teacher_optimizer == "adam":
             self.optimizer = torch.optim.Adam(
                 self.teacher.parameters(), lr=s.teacher_lr, weight_decay=s.teacher_weight_decay
@@ -88,12 +109,28 @@ class MetaPseudoLabels(Method):
         return x
 
     def pseudo_labels(self, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """Target distributions: the teacher's softmax, or one-hot samples from it."""
+        """Target distributions: the teacher's softmax (soft), one-hot at its argmax (hard,
+        as both public codes label), or one-hot samples from it (sampled)."""
         q = F.softmax(teacher_logits / self.settings.temperature, 1)
-        if self.settings.pseudo_labels == "soft":
+        kind = self.settings.pseudo_labels
+        if kind == "soft":
             return q
+        if kind == "hard":
+            return F.one_hot(teacher_logits.detach().argmax(1), q.shape[1]).to(q)
         drawn = torch.multinomial(q.detach().cpu(), 1, generator=self.ctx.generator)
         return F.one_hot(drawn.squeeze(1), q.shape[1]).to(q).to(q.device)
+
+    def teacher_lr(self, step: int) -> float:
+        """The teacher's rate at `step` (0-based): its warm-up, then constant or a cosine over
+        the run (the teacher does not wait)."""
+        s = self.settings
+        return scheduled_lr(
+            s.teacher_lr,
+            step,
+            self.student.total_steps,
+            warmup=s.teacher_warmup_steps,
+            decay=s.teacher_lr_decay,
+        )
 
     def labelled_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The student's labelled loss at its current parameters (buffer copies, no graph)."""
@@ -117,13 +154,35 @@ class MetaPseudoLabels(Method):
 
     def step(self, batch: Batch):
         s, student = self.settings, self.student
-        model = student.model
         x_u = augment(batch.x, s.augment, self.ctx.generator)
-        v_index = self.val_index(s.val_batch_size)
+        v_index = self.val_index(self.labelled_batch)
         vx, vy = self.ctx.data.val_x[v_index], self.ctx.data.val_y[v_index]
         t_u, t_l, *t_weak = self.teacher_logits(batch, x_u, vx, v_index)
         q = self.pseudo_labels(t_u)
 
+        if student.waiting:
+            meta, logged, r_after = self.wait(x_u, q, vx, vy)
+        else:
+            meta, logged, r_after = self.student_step(x_u, q, t_u, vx, vy)
+
+        supervised = F.cross_entropy(t_l, vy)
+        teacher_loss = meta + s.supervised_weight * supervised
+        if t_weak:
+            uda = uda_consistency(t_weak[0], t_u, s.uda_temperature, s.uda_threshold)
+            teacher_loss = teacher_loss + s.uda_weight * uda
+            logged["teacher_uda"] = uda.detach()
+        self.optimizer.zero_grad(set_to_none=True)
+        teacher_loss.backward()
+        for group in self.optimizer.param_groups:  # the step about to be taken (0-based)
+            group["lr"] = self.teacher_lr(student.step_count - 1)
+        self.step_teacher()
+        return {**logged, "val_loss": r_after.detach(), "teacher_ce": supervised.detach()}
+
+    def student_step(self, x_u, q, t_u, vx, vy):
+        """The student's step on the pseudo labels q and the teacher's MPL term (`route`);
+        returns the term, what to log and the student's labelled loss after its step."""
+        s, student = self.settings, self.student
+        model = student.model
         logits = model(x_u)
         loss = targets_loss(logits, q.detach()).sum()
         logged = {"loss": loss.detach()}
@@ -149,17 +208,35 @@ class MetaPseudoLabels(Method):
             student.update(loss)
             r_after = self.labelled_loss(vx, vy)
             meta = (r_before - r_after) * -(q * F.log_softmax(t_u, 1)).sum(1).mean()
+        return meta, logged, r_after
 
-        supervised = F.cross_entropy(t_l, vy)
-        teacher_loss = meta + s.supervised_weight * supervised
-        if t_weak:
-            uda = uda_consistency(t_weak[0], t_u, s.uda_temperature, s.uda_threshold)
-            teacher_loss = teacher_loss + s.uda_weight * uda
-            logged["teacher_uda"] = uda.detach()
-        self.optimizer.zero_grad(set_to_none=True)
-        teacher_loss.backward()
-        self.step_teacher()
-        return {**logged, "val_loss": r_after.detach(), "teacher_ce": supervised.detach()}
+    def wait(self, x_u, q, vx, vy):
+        """A step of the student's wait: it does not move (Student.hold), so R(theta') =
+        R(theta) and the MPL term is 0; the teacher learns from its own losses alone. The
+        student's loss on the labels is logged as in its steps, on buffer copies (no batch-norm
+        update)."""
+        model = self.student.model
+        params = params_of(model)
+        out = functional_call(model, (params, buffer_copies(model)), (x_u,))
+        loss = targets_loss(out, q.detach()).sum()
+        logged = {"loss": loss.detach()}
+        if self.settings.gradient_cosine:
+            grads = torch.autograd.grad(loss, list(params.values()))
+            logged["grad_cosine"] = self.gradient_cosine(grads, vx, vy)
+        r_after = self.labelled_loss(vx, vy)
+        self.student.hold()
+        return torch.zeros((), dtype=q.dtype, device=q.device), logged, r_after
+
+    def validation_metrics(self, student_logits: torch.Tensor) -> dict:
+        """The teacher's own validation loss and accuracy beside the student's (eval mode)."""
+        if not self.scores_teacher:
+            return {}
+        data = self.ctx.data
+        t = predict(self.teacher, data.val_x)
+        return {
+            "teacher_val_loss": round(float(F.cross_entropy(t, data.val_y)), 6),
+            "teacher_val_acc": round(accuracy(t, data.val_y), 6),
+        }
 
     def state_dict(self) -> dict:
         return {"teacher": self.teacher.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -54,6 +54,7 @@ class Calibrator(nn.Module):
 
 class ReducedMPL(MetaPseudoLabels):
     Settings = ReducedMPLSettings
+    scores_teacher = False  # the calibrator reads distributions, not the student's input
 
     def make_teacher(self) -> nn.Module:
         data, s = self.ctx.data, self.settings

@@ -201,8 +201,22 @@ class LargeMarginSettings(MethodSettings):
 
 @dataclass(frozen=True)
 class MPLSettings(MethodSettings):
+    """route: the teacher's gradient, exact (soft labels) or first_order (hard labels);
+    pseudo_labels: soft (the teacher's tempered softmax), hard (its argmax, as both public
+    codes label) or sampled (a one-hot draw from the tempered softmax);
+    student_wait_steps: the student's rate is 0 and it does not step for these first steps,
+    while the teacher learns from its own labelled loss (and UDA's, where set): the MPL term
+    is 0 while the student stands still, as in both codes; the student's schedule (warm-up,
+    decay) then runs over the steps left;
+    teacher_warmup_steps, teacher_lr_decay: the teacher's rate, a linear warm-up, then
+    constant or half a cosine to 0 at the run's last step (pipeline/core/student.py
+    scheduled_lr, the students' too);
+    unlabelled_ratio: unlabelled examples per labelled one in a step: the labelled batch is
+    the schedule's (unlabelled) batch size divided by it, rounded down (None: val_batch_size,
+    else the batch size)."""
+
     route: Literal["exact", "first_order"] = "exact"
-    pseudo_labels: Literal["soft", "hard"] = "soft"
+    pseudo_labels: Literal["soft", "hard", "sampled"] = "soft"
     temperature: Positive = 1.0
     teacher_optimizer: Literal["sgd", "adam"] = "sgd"
     teacher_lr: Positive = 0.05
@@ -212,6 +226,10 @@ class MPLSettings(MethodSettings):
     teacher_dropout: FractionBelow1 | None = None  # None: the student's architecture's rate
     supervised_weight: NonNegative = 1.0  # the teacher's own cross entropy on labelled data
     val_batch_size: PositiveInt | None = None
+    unlabelled_ratio: PositiveInt | None = None
+    student_wait_steps: NonNegativeInt = 0
+    teacher_warmup_steps: NonNegativeInt = 0
+    teacher_lr_decay: Literal["constant", "cosine"] = "constant"
     augment: Literal["none", "randaugment"] = "none"
     uda_weight: NonNegative = 0.0  # UDA + MPL: the teacher's consistency loss
     uda_temperature: Positive = 0.4
@@ -219,15 +237,35 @@ class MPLSettings(MethodSettings):
     gradient_cosine: bool = False
 
     def check(self, where: str) -> None:
-        pairs = {"exact": "soft", "first_order": "hard"}
-        if pairs[self.route] != self.pseudo_labels:
+        pairs = {"exact": ("soft",), "first_order": ("hard", "sampled")}
+        if self.pseudo_labels not in pairs[self.route]:
             raise ParamsError(
                 f"{where}.pseudo_labels: route {self.route} is defined for "
-                f"{pairs[self.route]} pseudo labels (exact differentiates soft targets; "
-                "sampled hard labels have no derivative, hence first_order)"
+                f"{' or '.join(pairs[self.route])} pseudo labels (exact differentiates soft "
+                "targets; hard labels have no derivative, hence first_order)"
             )
         if self.uda_weight > 0 and self.augment == "none":
             raise ParamsError(f"{where}.uda_weight: UDA needs a strong view (augment)")
+        if self.unlabelled_ratio is not None and self.val_batch_size is not None:
+            raise ParamsError(
+                f"{where}.unlabelled_ratio: sets the labelled batch; give it or val_batch_size"
+            )
+
+    def check_schedule(self, where: str, schedule, used_by: str) -> None:
+        """The ratio leaves at least one labelled example in a step of `schedule`."""
+        ratio = self.unlabelled_ratio
+        if ratio is not None and ratio > schedule.batch_size:
+            raise ParamsError(
+                f"{where}.unlabelled_ratio: {ratio} unlabelled examples per labelled one leave "
+                f"none of a batch of {schedule.batch_size} (used by {used_by})"
+            )
+
+    def labelled_batch_size(self, batch_size: int) -> int | None:
+        """The labelled batch of a step whose unlabelled batch is `batch_size` (None: the
+        method's default, val_batch_size or the schedule's)."""
+        if self.unlabelled_ratio is None:
+            return self.val_batch_size
+        return batch_size // self.unlabelled_ratio
 
 
 @dataclass(frozen=True)
