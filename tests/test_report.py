@@ -369,6 +369,8 @@ def test_a_scored_teacher_gets_its_own_row_after_its_method(workdir, tiny_raw):
         if run.method == "mpl":
             metrics["teacher_test"] = {"accuracy": 80.0 + run.seed}
         write_json(metrics, run.file("metrics.json"))
+        write_json([], run.file("history.json"))  # what collect reads to find a collapse
+        write_json({"num_classes": 10}, plan.split_summary_path(run.dataset, run.noise, run.seed))
     summary = summarise(collect(p, "tiny"))
     assert summary["method"].tolist() == ["mpl", "mpl (teacher)", "erm"]
     assert summary.set_index("method").loc["mpl (teacher)", "accuracy_mean"] == 80.5
