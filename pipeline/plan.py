@@ -133,8 +133,11 @@ def split_path(dataset: str, noise: str, seed: int | str) -> str:
     return f"{DATA}/noise/{dataset}/{noise}/seed{seed}.pt"
 
 
+SPLIT_SUMMARIES = "results/noise"  # committed: each split's sizes, rate and classes
+
+
 def split_summary_path(dataset: str, noise: str, seed: int | str) -> str:
-    return f"results/noise/{dataset}/{noise}/seed{seed}.json"
+    return f"{SPLIT_SUMMARIES}/{dataset}/{noise}/seed{seed}.json"
 
 
 def split_outputs(dataset: str, noise: str, seeds: tuple[int, ...]) -> list[str]:

@@ -85,3 +85,13 @@ def train_job(wc):
 def paper(wc):
     """The report category of an experiment's outputs: the paper it reproduces."""
     return plan.paper_of(wc.experiment)
+
+
+def report_inputs(wc):
+    """The runs' metrics and histories, and their splits' summaries, read only for the number
+    of classes (chance, for a collapse), which cannot change unless the runs do: ancient, so a
+    noise job that writes them again (same bytes) reruns no report."""
+    return [
+        ancient(d) if d.startswith(plan.SPLIT_SUMMARIES + "/") else d
+        for d in plan.report_job(P, named(wc).experiment).deps
+    ]

@@ -4,7 +4,7 @@
 
 rule report:
     input:
-        lambda wc: plan.report_job(P, named(wc).experiment).deps,
+        report_inputs,
     output:
         report(
             plan.table_paths("{experiment}")[0],
