@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from test_distill import CLASSES, make, task, token_ids  # noqa: F401 (fixture)
 
 from pipeline import plan
 from pipeline.__main__ import main
@@ -19,7 +20,6 @@ from pipeline.io import load_torch, read_json
 from pipeline.methods.base import Batch
 from pipeline.text_models import random_encoder
 from pipeline.train import train, untuned_teacher, validation_view
-from test_distill import CLASSES, make, task, token_ids  # noqa: F401 (fixture)
 
 
 @pytest.mark.parametrize("name", ["dml", "prokt", "lgtm"])
@@ -60,7 +60,10 @@ def saved_bert(folder: Path) -> dict:
 
 
 def test_one_stage_teacher_is_the_pretrained_checkpoint_not_the_fine_tuned(
-    workdir, tiny_raw, tmp_path, task  # noqa: F811
+    workdir,
+    tiny_raw,
+    tmp_path,
+    task,  # noqa: F811
 ):
     """The train stage builds a one-stage teacher from its model's checkpoint, and neither
     the plan nor the run reads the pretrain stage's fine-tuned model; a two-stage method
