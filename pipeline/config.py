@@ -302,6 +302,13 @@ class ScheduleSpec:
     augment: Literal["none", "crop_flip", "randaugment"] = "none"  # pipeline/augment.py
     val_batch_size: PositiveInt | None = None  # methods' validation batch; None: batch_size
     eval_every: NonNegativeInt = 0  # validation figures every this many steps too (0: none)
+    # validation figures at the end of every this many epochs (and always after the last);
+    # the best-on-validation model is picked among these
+    val_every_epochs: PositiveInt = 1
+    # the history's validation figures on this many validation examples (0: all), drawn once
+    # per seed: the same examples at every evaluation and for every method; the methods'
+    # teachers still read the whole split, and the test split is always scored in full
+    val_subset: NonNegativeInt = 0
     # record at each epoch end how well the student fits the training labels it is given
     # (train_acc) and, among the corrupted ones, the fraction it predicts as given (noisy_fit):
     # the check that a baseline memorises the noise (one eval pass over the training split)
@@ -555,10 +562,19 @@ class Params:
         return (self.raw["methods"][name] or {}).get("method", name) if self.raw else name
 
     def teacher_of(self, method: str) -> str | None:
-        """The pretrained model a method's settings name, if any: its teacher, or the model
-        its student starts from."""
+        """The model the pretrain stage trains for a method, if any: its teacher (unless the
+        method starts the teacher untrained: `one_stage`), or the model its student starts
+        from."""
         settings = self.methods[method]
+        if self.untuned_teacher_of(method):
+            return settings.start_from or None
         return getattr(settings, "teacher", None) or settings.start_from or None
+
+    def untuned_teacher_of(self, method: str) -> str | None:
+        """The `teachers` entry a one-stage method starts from its model's pretrained
+        checkpoint, without the pretrain stage's fine-tuning; None for every other method."""
+        settings = self.methods[method]
+        return settings.teacher if getattr(settings, "one_stage", False) else None
 
 
 SECTIONS = (
@@ -643,7 +659,7 @@ def _check_references(p: Params) -> None:
                 f"methods.{name}.start_from: a method reads one pretrained model; it has a "
                 "teacher already"
             )
-        teacher = p.teacher_of(name)
+        teacher = p.teacher_of(name) or p.untuned_teacher_of(name)
         if teacher is not None and teacher not in p.teachers:
             field = "start_from" if settings.start_from else "teacher"
             raise ParamsError(

@@ -85,7 +85,7 @@ class Classification:
         logits = predict(model, data.val_x)
         return {
             "val_acc": round(accuracy(logits, data.val_y), 6),
-            **method.validation_metrics(logits),
+            **method.validation_metrics(logits, data.val_x, data.val_y),
         }
 
     def training_fit(self, model, data: TaskData) -> dict:

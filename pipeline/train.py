@@ -173,6 +173,35 @@ def load_pretrained(p: Params, teacher: str, run: Run, data: TaskData, device) -
     return model.requires_grad_(False).eval()
 
 
+def untuned_teacher(p: Params, teacher: str, data: TaskData, seed: int, device) -> torch.nn.Module:
+    """A one-stage method's teacher: the `teachers` entry's model as built from its pretrained
+    checkpoint, without the pretrain stage's fine-tuning (the method zeroes its head). Built
+    under its own seed so that the student's initialisation and dropout draw the same random
+    numbers as in any other run of the seed."""
+    spec = p.models[p.teachers[teacher].model]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(generator("untuned_teacher", seed).initial_seed()))
+        model = build_model(spec.arch, data.in_shape, data.num_classes, **spec.options)
+    return model.to(device).requires_grad_(False).eval()
+
+
+def validation_view(data: TaskData, size: int, seed: int) -> TaskData:
+    """The validation examples the history scores (the schedule's `val_subset`): the whole
+    split for size 0, else `size` examples drawn once per seed, so that every evaluation of a
+    run and every method of the seed see the same ones."""
+    if not size or size >= len(data.val_y):
+        return data
+    order = torch.randperm(len(data.val_y), generator=generator("val_subset", seed))
+    index = order[:size].sort().values
+    refs = data.val_references
+    return dataclasses.replace(
+        data,
+        val_x=data.val_x[index.to(data.val_x.device)],
+        val_y=data.val_y[index.to(data.val_y.device)],
+        val_references=[refs[i] for i in index.tolist()] if refs is not None else None,
+    )
+
+
 def best_on_validation(best: dict, epoch_count: int, finetuned: bool) -> dict | None:
     """The best-on-validation epoch ("+ES"): none after fine-tuning, which follows it; its
     weights only when they are not the final model's (the last epoch was not the best)."""
@@ -201,10 +230,12 @@ def train(
     unlabelled = method_cls.uses_unlabelled
     per_epoch = steps_per_epoch(data, schedule.batch_size, unlabelled)
     student = Student(model, schedule, per_epoch * schedule.epochs)
-    teacher_name = p.teacher_of(run.method)
+    teacher_name, untuned = p.teacher_of(run.method), p.untuned_teacher_of(run.method)
     pretrained = (
         {teacher_name: load_pretrained(p, teacher_name, run, data, device)} if teacher_name else {}
     )
+    if untuned:
+        pretrained[untuned] = untuned_teacher(p, untuned, data, seed, device)
     start = p.methods[run.method].start_from
     if start:  # fine-tune the pretrained model (of the student's own architecture)
         model.load_state_dict(pretrained[start].state_dict())
@@ -261,6 +292,7 @@ def train(
 
         return save
 
+    scored = validation_view(data, schedule.val_subset, seed)
     progress = Progress(f"train {run.name} step", student.total_steps)
     # what the epoch line leaves out: the counters, and noise statistics where none is known
     quiet = {"epoch", "seconds"} | (set() if data.noise_mask.any() else set(NOISE_STATISTICS))
@@ -280,17 +312,18 @@ def train(
             progress.update(student.step_count)
             step = student.step_count
             if schedule.eval_every and step % schedule.eval_every == 0 and step % per_epoch:
-                history.append({"step": step, **task.validation_figures(model, data, teacher)})
+                history.append({"step": step, **task.validation_figures(model, scored, teacher)})
+        validates = (epoch + 1) % schedule.val_every_epochs == 0 or epoch + 1 == schedule.epochs
         record = {
             "epoch": epoch + 1,
             "step": student.step_count,
             **{k: round(float(v) / per_epoch, 6) for k, v in sums.items()},
-            **task.validation_figures(model, data, teacher),
+            **(task.validation_figures(model, scored, teacher) if validates else {}),
             **(task.training_fit(model, data) if schedule.fit_curve else {}),
             "seconds": round(time.monotonic() - started, 2),
         }
         history.append(record)
-        if record[score] > best[score]:
+        if validates and record[score] > best[score]:
             best = {
                 score: record[score],
                 "epoch": epoch + 1,

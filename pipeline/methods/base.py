@@ -123,10 +123,11 @@ class Method:
         flat = [torch.cat([g.reshape(-1) for g in grads]) for grads in (train_grads, val)]
         return F.cosine_similarity(*flat, dim=0).detach()
 
-    def validation_metrics(self, student_logits: torch.Tensor) -> dict:
+    def validation_metrics(self, student_logits: torch.Tensor, val_x, val_y) -> dict:
         """Extra figures for the history's validation records (e.g. a learning teacher's
-        validation loss), at the end of each epoch and every `eval_every` steps, given the
-        student's validation logits; in eval mode (no random state drawn); none by default."""
+        validation loss), at the validation points of the schedule, given the student's logits
+        on the validation examples val_x (the schedule's `val_subset`) with labels val_y; in
+        eval mode (no random state drawn); none by default."""
         return {}
 
     def state_dict(self) -> dict:

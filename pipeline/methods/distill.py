@@ -1,7 +1,7 @@
 """Knowledge distillation from a learned teacher: KD, DML, Meta Distill and LGTM.
 
-Every method here starts from a pretrained teacher (params.yaml `teachers`, fine-tuned by the
-pretrain stage) and trains the student on
+Every method here starts from a teacher named in params.yaml `teachers` and trains the student
+on
 
     (1 - alpha) * CE(y, S(x)) + alpha * D(T(x), S(x))
 
@@ -11,9 +11,20 @@ with D a distillation objective (`objective`, at `temperature`):
   example (inter-class) plus 1 - Pearson per class over the batch (intra-class);
 - `mse`: squared error of the logits, averaged over classes.
 
+Two-stage or one-stage (LGTM Figure 1, appendix F.1): KD and Meta Distill distill from the
+teacher the pretrain stage fine-tuned on the task; online distillation and LGTM train teacher and
+student together from the start. `one_stage` (dml, prokt, lgtm) gives such a method the
+teacher's pretrained checkpoint, not fine-tuned (the train stage builds it), and sets both
+classifier heads to zero, as the authors' code does (`init_classifier_to_zero`, after Shi et
+al. 2020), so both start from the uniform distribution; without it they start from the
+fine-tuned teacher (the project's first, two-stage form).
+
 The methods differ in the teacher:
 - `kd` (Hinton et al. 2015): frozen.
 - `dml` (Zhang et al. 2018): trained jointly, on (1 - alpha) CE(y, T) + alpha D(S, T).
+- `prokt` (Shi et al. 2020; online distillation as LGTM eq. 3 and the authors' code train it
+  without `use_lgtm`): trained jointly on L_aux alone (below), the teacher fitting its labels
+  and the student's distribution; LGTM without the distillation influence.
 - `meta_distill` (Zhou et al. 2022): descends the student's validation loss after one step,
   R(theta'), theta' = step(theta, grad L_s(omega)): the core's one-step JVP route, exact.
 - `lgtm` (Ren et al. 2023, Algorithm 1): descends scale * L_influence + L_aux with
@@ -59,7 +70,12 @@ from pipeline.core.meta import (
 from pipeline.core.student import accuracy, predict
 from pipeline.core.unroll import replayed_rng, rng_state
 from pipeline.methods.base import Batch, Method
-from pipeline.methods.settings import DistillSettings, LGTMSettings
+from pipeline.methods.settings import (
+    DistillSettings,
+    LGTMSettings,
+    OnlineDistillSettings,
+    ProKTSettings,
+)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
@@ -84,6 +100,14 @@ def distillation_losses(
     return (inter + intra) * temperature**2
 
 
+def zero_head(model: torch.nn.Module) -> None:
+    """The classifier's weights and bias set to zero: the model predicts the uniform
+    distribution until its head learns (the one-stage start, as the authors' code does)."""
+    with torch.no_grad():
+        for p in model.classifier.parameters():
+            p.zero_()
+
+
 class Distill(Method):
     """Shared by the distillation methods: the teacher and the student's loss."""
 
@@ -96,6 +120,9 @@ class Distill(Method):
         pretrained = ctx.pretrained[settings.teacher]
         if self.trains_teacher:
             self.teacher = copy.deepcopy(pretrained).requires_grad_(True).train()
+            if getattr(settings, "one_stage", False):
+                zero_head(self.teacher)
+                zero_head(self.student.model)
             self.optimizer = torch.optim.Adam(self.teacher.parameters(), lr=settings.teacher_lr)
         else:
             self.teacher = pretrained.eval()
@@ -121,15 +148,15 @@ class Distill(Method):
         self.student.update(loss)
         return loss.detach()
 
-    def validation_metrics(self, student_logits: torch.Tensor) -> dict:
-        """Validation loss of the student, and of the teacher where it learns (Figure 2)."""
-        data = self.ctx.data
-        loss = F.cross_entropy(student_logits, data.val_y)
+    def validation_metrics(self, student_logits: torch.Tensor, val_x, val_y) -> dict:
+        """Validation loss of the student, and of the teacher where it learns (Figure 2), on
+        the examples the student's logits are of (the schedule's validation subset)."""
+        loss = F.cross_entropy(student_logits, val_y)
         out = {"student_val_loss": round(float(loss), 6)}
         if self.trains_teacher:
-            t = predict(self.teacher, data.val_x, 256)
-            out["teacher_val_loss"] = round(float(F.cross_entropy(t, data.val_y)), 6)
-            out["teacher_val_acc"] = round(accuracy(t, data.val_y), 6)
+            t = predict(self.teacher, val_x, 256)
+            out["teacher_val_loss"] = round(float(F.cross_entropy(t, val_y)), 6)
+            out["teacher_val_acc"] = round(accuracy(t, val_y), 6)
         return out
 
     def state_dict(self) -> dict:
@@ -150,6 +177,7 @@ class KD(Distill):
 
 class DML(Distill):
     trains_teacher = True
+    Settings = OnlineDistillSettings
 
     def step(self, batch: Batch):
         logits, teacher_logits = self.student.model(batch.x), self.teacher(batch.x)
@@ -159,6 +187,38 @@ class DML(Distill):
         )
         self.update_teacher(teacher_loss)
         return {"loss": self.update_student(logits, batch), "teacher_loss": teacher_loss.detach()}
+
+
+def teacher_auxiliary(method, teacher_logits, logits, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """LGTM's L_aux (eq. 11) and the teacher's cross entropy, the student's logits held
+    fixed: teacher_alpha CE(y, T) + (1 - teacher_alpha) D_aux, D_aux = D(S, T) (the teacher
+    fits the student's distribution, as the authors' code) or D(T, S) (`aux_target`)."""
+    s, student = method.settings, logits.detach()
+    if s.aux_target == "student":
+        fit = method.distill(student, teacher_logits)
+    else:
+        fit = method.distill(teacher_logits, student)
+    teacher_ce = F.cross_entropy(teacher_logits, y)
+    return s.teacher_alpha * teacher_ce + (1 - s.teacher_alpha) * fit, teacher_ce
+
+
+class ProKT(Distill):
+    """Online distillation on LGTM's auxiliary loss (eq. 3 / eq. 11's L_aux) with no
+    distillation influence: the ablation that isolates what the influence adds. The teacher
+    steps first, then the student learns from it (eq. 4)."""
+
+    trains_teacher = True
+    Settings = ProKTSettings
+
+    def step(self, batch: Batch):
+        logits, teacher_logits = self.student.model(batch.x), self.teacher(batch.x)
+        aux, teacher_ce = teacher_auxiliary(self, teacher_logits, logits, batch.y)
+        self.update_teacher(aux)
+        return {
+            "loss": self.update_student(logits, batch),
+            "teacher_loss": aux.detach(),
+            "teacher_ce": teacher_ce.detach(),
+        }
 
 
 class MetaDistill(Distill):
@@ -240,21 +300,11 @@ class LGTM(MetaDistill):
             "one": 1.0,
         }[s.influence_scale]
 
-    def auxiliary(self, teacher_logits, logits, y) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L_aux, the teacher's cross entropy) with the student's logits held fixed."""
-        s, student = self.settings, logits.detach()
-        if s.aux_target == "student":
-            fit = self.distill(student, teacher_logits)
-        else:
-            fit = self.distill(teacher_logits, student)
-        teacher_ce = F.cross_entropy(teacher_logits, y)
-        return s.teacher_alpha * teacher_ce + (1 - s.teacher_alpha) * fit, teacher_ce
-
     def step(self, batch: Batch):
         teacher_logits, logits, rng, grads = self.training_forward(batch)
         v, r_after = self.validation_gradient(grads)
         influence = self.influence(batch.x, logits.detach(), teacher_logits, v, rng)
-        aux, teacher_ce = self.auxiliary(teacher_logits, logits, batch.y)
+        aux, teacher_ce = teacher_auxiliary(self, teacher_logits, logits, batch.y)
         self.update_teacher(self.influence_weight() * influence + aux)
         return {
             "loss": self.update_student(logits, batch),

@@ -3,7 +3,7 @@ package; their settings are in settings.py, whose SETTINGS has the same names)."
 
 from pipeline.methods.confident_learning import ConfidentLearning
 from pipeline.methods.dir import DIR
-from pipeline.methods.distill import DML, KD, LGTM, MetaDistill
+from pipeline.methods.distill import DML, KD, LGTM, MetaDistill, ProKT
 from pipeline.methods.dlf import DLF
 from pipeline.methods.erm import ERM
 from pipeline.methods.focal import Focal
@@ -50,6 +50,7 @@ METHODS = {
     "noisy_student": NoisyStudent,
     "kd": KD,
     "dml": DML,
+    "prokt": ProKT,
     "meta_distill": MetaDistill,
     "lgtm": LGTM,
 }

@@ -327,11 +327,26 @@ class DistillSettings(MethodSettings):
 
 
 @dataclass(frozen=True)
-class LGTMSettings(DistillSettings):
+class OnlineDistillSettings(DistillSettings):
+    """The distillation methods whose teacher learns beside the student (dml, prokt, lgtm).
+    one_stage: the teacher starts from its model's pretrained checkpoint, not the pretrain
+    stage's fine-tuned one, and both classifier heads start at zero (LGTM Figure 1 and
+    appendix F.1, as the authors' code does for online distillation and LGTM); KD and Meta
+    Distill are two-stage by definition and have no such option."""
+
+    one_stage: bool = False
+
+
+@dataclass(frozen=True)
+class ProKTSettings(OnlineDistillSettings):
     teacher_alpha: Fraction = 0.6  # the teacher's own cross entropy in L_aux (Table 7)
+    aux_target: Literal["student", "teacher"] = "student"  # see distill.py's docstring
+
+
+@dataclass(frozen=True)
+class LGTMSettings(ProKTSettings):
     influence: Literal["fd", "jvp", "double_backward"] = "fd"
     epsilon: Positive = 0.01  # fd: step along v, relative to |v|
-    aux_target: Literal["student", "teacher"] = "student"  # see the module docstring
     influence_scale: Literal["teacher_lr", "first_order", "one"] = "teacher_lr"
 
 
@@ -360,7 +375,8 @@ SETTINGS: dict[str, type] = {  # the names of params.yaml's `method:`; registry.
     "reduced_mpl": ReducedMPLSettings,
     "noisy_student": NoisyStudentSettings,
     "kd": DistillSettings,
-    "dml": DistillSettings,
+    "dml": OnlineDistillSettings,
+    "prokt": ProKTSettings,
     "meta_distill": DistillSettings,
     "lgtm": LGTMSettings,
 }
