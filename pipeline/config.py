@@ -629,6 +629,11 @@ def _check_task_kind(p: Params, name: str, exp) -> None:
                 f"methods.{method}.features: a translation's DIR teacher reads I0, I1 and L "
                 f"(M0 and M1 are of classes; used by {where})"
             )
+        if not translation and getattr(settings, "hold_eos", False):
+            raise ParamsError(
+                f"methods.{method}.hold_eos: holds a sentence's end, translation only "
+                f"(used by {where})"
+            )
         start = settings.start_from
         if start and p.teachers[start].model != exp.model:
             raise ParamsError(

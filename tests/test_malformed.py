@@ -153,6 +153,8 @@ CASES = [  # (the key the message must start with, an edit of the mapping or of 
     ("noise.clean", TextEdit("noise:\n", "noise:\n  clean: {kind: none}\n")),
     ("params.yaml, line 2", TextEdit("profiles:", "profiles: caf\udce9")),
     ("params.yaml, line", TextEdit("seeds:", "seeds: [0")),
+    (f"{M}.dlf.metric", put(f"{M}.dlf.metric", "bleu")),
+    (f"{M}.dlf.hold_eos", put(f"{M}.dlf.hold_eos", True)),  # digits: no sentence to end
 ]
 
 
