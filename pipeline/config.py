@@ -761,6 +761,11 @@ def _check_task_kind(p: Params, name: str, exp) -> None:
         check_schedule = getattr(settings, "check_schedule", None)  # a method's settings
         if check_schedule is not None:  # that depend on the batch (MPL's unlabelled_ratio)
             check_schedule(f"methods.{method}", p.schedules[exp.schedule], where)
+        if not translation and getattr(settings, "hold_eos", False):
+            raise ParamsError(
+                f"methods.{method}.hold_eos: holds a sentence's end, translation only "
+                f"(used by {where})"
+            )
         start = settings.start_from
         if start and p.teachers[start].model != exp.model:
             raise ParamsError(

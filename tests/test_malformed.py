@@ -184,6 +184,8 @@ CASES = [  # (the key the message must start with, an edit of the mapping or of 
         "noise.unused.kind",
         put("noise.unused", {"kind": "mask", "rate": 0.1, "token_rate": 0.1, "val_size": 10}),
     ),
+    (f"{M}.dlf.metric", put(f"{M}.dlf.metric", "bleu")),
+    (f"{M}.dlf.hold_eos", put(f"{M}.dlf.hold_eos", True)),  # digits: no sentence to end
 ]
 
 

@@ -442,3 +442,41 @@ def test_mpl_resumes_inside_the_students_wait_and_its_teacher_is_scored(prepared
     assert m["teacher_test"]["accuracy"] != m["test"]["accuracy"]
     history = read_json(run.file("history.json"))
     assert all(0 < h["teacher_val_acc"] <= 1 for h in history)
+
+
+def test_the_demos_protocol_starts_every_student_from_the_ce_checkpoint(prepared, monkeypatch):
+    """start_from a CE-pretrained teacher of the student's own model: DLF's episodes and its
+    test phase, and the cross entropy baseline that continues for the same steps, all start
+    from the checkpoint's weights; a run without start_from does not."""
+    from pipeline.core.student import Student
+
+    raw = yaml.safe_load(Path("params.yaml").read_text())
+    raw["teachers"] = {"ce": {"model": "mlp", "schedule": "short", "method": "erm"}}
+    raw["methods"].update(
+        erm_from_ce={"method": "erm", "start_from": "ce"},
+        dlf_from_ce={"method": "dlf", "start_from": "ce", "teacher_steps": 2,
+                     "episode_steps": 3, "state_every": 2, "bias": True, "metric": "sharp_01"},
+    )  # fmt: skip
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert main(["pretrain", "--teacher", "ce", "--dataset", "digits", "--noise", "uniform40",
+                 "--seeds", "0"]) == 0  # fmt: skip
+    params = load("params.yaml")
+    (source,) = plan.teacher_runs(params, "ce", "digits", "uniform40", [0])
+    checkpoint = load_torch(source.file("model.pt"))["model"]
+
+    firsts: list[dict] = []
+    update = Student.update
+
+    def recording(self, loss):
+        if self.step_count == 0:
+            firsts.append({k: p.detach().clone() for k, p in self.model.named_parameters()})
+        update(self, loss)
+
+    monkeypatch.setattr(Student, "update", recording)
+    for method, students in (("dlf_from_ce", 3), ("erm_from_ce", 1), ("erm", 1)):
+        firsts.clear()
+        train(params, dataclasses.replace(RUN, method=method))
+        assert len(firsts) == students  # DLF: two episodes, then the test phase
+        for first in firsts:
+            same = all(torch.equal(first[k], checkpoint[k]) for k in first)
+            assert same == (method != "erm"), method

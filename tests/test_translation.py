@@ -320,16 +320,26 @@ def test_params_that_do_not_suit_a_translation_are_refused(tiny_raw, change, mes
         parse(tiny_raw)
 
 
-@pytest.mark.parametrize("arch", ["transformer", "lstm"])
-def test_dlf_teacher_gradient_equals_unrolled_autograd_on_a_fairseq_student(tiny_translation, arch):
+HELD = {"bias": True, "hold_eos": True, "metric": "sharp_01", "metric_sharpness": 5.0}
+
+
+@pytest.mark.parametrize(
+    ("arch", "options"), [("transformer", {}), ("lstm", {}), ("transformer", HELD)]
+)
+def test_dlf_teacher_gradient_equals_unrolled_autograd_on_a_fairseq_student(
+    tiny_translation, arch, options
+):
     """An episode of 4 momentum-SGD steps from the student's own (warm-start) weights under
     the token loss -sum_r sigmoid(Phi_{y_r} log p(y_r)), Phi in R^|V| read from a BLEU state:
     the teacher gradient DLF applies equals autograd through the steps, of one minus the dev
-    expected token accuracy (float64, segments of 2 recomputed; fairseq transformer and LSTM)."""
+    expected token accuracy (float64, segments of 2 recomputed; fairseq transformer and LSTM).
+    HELD: a bias per target token, `</s>` held at coefficient 1 and bias 0 (so the teacher's
+    `</s>` entries get no gradient), and the sharp smoothed 0-1 token error as the measure."""
     data, model, task, ctx = oracle_student(tiny_translation, arch)
     settings = METHODS["dlf"].Settings(
-        teacher_steps=1, episode_steps=4, state_every=2, segment=2, start_from="baseline"
-    )
+        teacher_steps=1, episode_steps=4, state_every=2, segment=2, start_from="baseline",
+        **options,
+    )  # fmt: skip
     method = METHODS["dlf"](settings, ctx)
     assert method.teacher.W.shape == (data.num_classes, settings.keys)
     torch.manual_seed(3)
@@ -355,21 +365,35 @@ def test_dlf_teacher_gradient_equals_unrolled_autograd_on_a_fairseq_student(tiny
         x, y = data.train_x[index], data.train_y[index]
         logits = functional_call(model, theta, (x, y))
         log_p = logits.log_softmax(-1).gather(-1, y[:, : logits.shape[1], None]).squeeze(-1)
-        phi = method.teacher(state)[y[:, : logits.shape[1]]]
-        keep = y[:, : logits.shape[1]] != PAD
-        loss = -(torch.sigmoid(phi * log_p) * keep).sum(1).mean()
+        target = y[:, : logits.shape[1]]
+        phi, bias = method.teacher(state), method.teacher.bias
+        if options:
+            eos = torch.arange(len(phi)) == EOS
+            phi, bias = phi.masked_fill(eos, 1.0), bias.masked_fill(eos, 0.0)
+        z = phi[target] * log_p + (0 if bias is None else bias[target])
+        keep = target != PAD
+        loss = -(torch.sigmoid(z) * keep).sum(1).mean()
         names = list(theta)
         g = torch.autograd.grad(loss, [theta[k] for k in names], create_graph=True)
         theta, v = sgd_step(theta, dict(zip(names, g, strict=True)), v, rule)
     logits = functional_call(model, theta, (data.val_x, data.val_y))
     target = data.val_y[:, : logits.shape[1]]
-    p_y = logits.softmax(-1).gather(-1, target[..., None]).squeeze(-1)
+    p = logits.softmax(-1)
+    p_y = p.gather(-1, target[..., None]).squeeze(-1)
     measure = p_y[target != PAD].mean()
+    recorded = method.history[0]["dev_expected_accuracy"]
+    assert recorded == pytest.approx(float(measure.detach()), abs=1e-6)
+    if options:
+        error = 2 * torch.sigmoid(5.0 * (p.max(-1).values - p_y)) - 1
+        measure = 1 - error[target != PAD].mean()
+        assert method.history[0]["dev_measure"] == pytest.approx(float(measure.detach()), abs=1e-6)
     expected = torch.autograd.grad(1 - measure, list(method.teacher.parameters()))
     for a, b in zip(applied[0], expected, strict=True):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-14)
-    recorded = method.history[0]["dev_expected_accuracy"]
-    assert recorded == pytest.approx(float(measure.detach()), abs=1e-6)
+    if options:  # W (|V| x N) and the bias: nothing reaches `</s>`'s entries, the rest moves
+        grad_w, grad_b = applied[0][1], applied[0][2]
+        assert float(grad_w[EOS].abs().max()) == 0.0 and float(grad_b[EOS]) == 0.0
+        assert float(grad_w.abs().max()) > 0 and float(grad_b.abs().max()) > 0
     assert torch.equal(steps[0][1][1:], steps[1][1][1:])  # the BLEU part refreshes every 2
 
 

@@ -22,11 +22,23 @@ student trains from its own initialisation with that teacher, and is scored on t
 split as every run is. A killed run resumes after its last finished teacher step.
 The state is an input, not a path of the gradient (ds/dtheta = 0).
 
+Where the paper is silent the first author's public demo (L2T_loss) chooses, and these are
+options: `bias`, a learned coefficient b_y per class inside the sigmoid, -sigmoid(y' Phi log p
++ b_y), zero at the start (the demo's default), which lets the teacher move the sigmoid to its
+steep region; `metric: sharp_01`, the demo's dev measure, one minus the sharp smoothed 0-1
+error mean(2 sigmoid(K (max_j p_j - p_y)) - 1) with K = `metric_sharpness` (50 in the demo);
+and its protocol, a CE-pretrained student that every episode and the test phase start from,
+which is `start_from` (a params.yaml teacher of the student's own model, trained by cross
+entropy).
+
 Translation (section 4.2): Phi in R^|V| is the diagonal of the interaction, a sentence's loss
 -sum_r sigmoid(Phi_{y_r} log p(y_r)) over its target tokens, s_t = (t / T, train BLEU, dev BLEU)
 of greedy translations (train BLEU on a fixed sample of as many training pairs as the dev split
 has), and the smoothed dev measure the expected token accuracy, teacher-forced. With
 `start_from` every episode starts from the pretrained baseline (the paper's warm-start model).
+With `hold_eos` the coefficient of the end of sentence stays 1 (its bias 0): the teacher-forced
+measure does not see the decoded length, and a teacher free to raise `</s>` wins it by teaching
+the student to stop early (measured: brevity penalty 0.65-0.69 against ERM's 0.84-0.87).
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ from pipeline.core.unroll import (
     rng_state,
     segment_length,
 )
-from pipeline.data.translation_sources import PAD
+from pipeline.data.translation_sources import EOS, PAD
 from pipeline.io import log
 from pipeline.methods.base import Batch, Method
 from pipeline.methods.settings import DLFSettings
@@ -57,13 +69,23 @@ class LossTeacher(nn.Module):
     translation). Every key starts near the identity, so the first loss is close to
     -sigmoid(log p_y); the keys differ by `spread` (Gaussian), because with equal keys Phi does
     not depend on V, the gradient on V is 0 and Adam keeps the keys equal: Phi could never
-    change along training."""
+    change along training. With `bias`, b (one per class or target token) is a parameter that
+    starts at 0, as in the authors' demo; otherwise it is None."""
 
-    def __init__(self, identity: torch.Tensor, state_dim: int, keys: int, spread: float = 0.1):
+    def __init__(
+        self,
+        identity: torch.Tensor,
+        state_dim: int,
+        keys: int,
+        spread: float = 0.1,
+        bias: bool = False,
+    ):
         super().__init__()
         self.V = nn.Parameter(torch.randn(keys, state_dim) * 0.1)
         start = identity[..., None].repeat(*[1] * identity.dim(), keys)
         self.W = nn.Parameter(start + spread * torch.randn(*identity.shape, keys))
+        # drawn after W and V: the unbiased teacher's start is the same with or without it
+        self.bias = nn.Parameter(torch.zeros(identity.shape[0])) if bias else None
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         return self.W @ torch.softmax(self.V @ state, 0)
@@ -73,9 +95,26 @@ def copies(tensors: dict) -> dict:
     return {k: v.detach().clone() if torch.is_tensor(v) else v for k, v in tensors.items()}
 
 
-def dynamic_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-    """Per-example l_Phi = -sigmoid(y' Phi log p)."""
-    return -torch.sigmoid((phi[y] * F.log_softmax(logits, 1)).sum(1))
+def dynamic_loss(
+    logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-example l_Phi = -sigmoid(y' Phi log p (+ b_y))."""
+    z = (phi[y] * F.log_softmax(logits, 1)).sum(1)
+    return -torch.sigmoid(z if bias is None else z + bias[y])
+
+
+def sharp_01_error(logits: torch.Tensor, y: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """The authors' demo's smoothed 0-1 error: the mean over examples (or a translation's
+    target tokens, padding left out) of 2 sigmoid(K (max_j p_j - p_y)) - 1, which is 0 where
+    the true class has the largest probability and tends to 1 where it does not as K grows."""
+    y = y[:, : logits.shape[1]] if logits.dim() == 3 else y
+    p = logits.softmax(-1)
+    gap = p.max(-1).values - p.gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    error = 2 * torch.sigmoid(sharpness * gap) - 1
+    if logits.dim() == 2:
+        return error.mean()
+    keep = (y != PAD).to(error.dtype)
+    return (error * keep).sum() / keep.sum()
 
 
 class StateTracker:
@@ -116,11 +155,14 @@ class StateTracker:
         self.dev = dev.to(self.dev.device)
 
 
-def token_dynamic_loss(logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-    """Per sentence: -sum_r sigmoid(Phi_{y_r} log p(y_r)) over its target tokens."""
+def token_dynamic_loss(
+    logits: torch.Tensor, y: torch.Tensor, phi: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per sentence: -sum_r sigmoid(Phi_{y_r} log p(y_r) (+ b_{y_r})) over its target tokens."""
     y = y[:, : logits.shape[1]]
     log_p = logits.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    return -torch.sigmoid(phi[y] * log_p).masked_fill(y == PAD, 0).sum(1)
+    z = phi[y] * log_p if bias is None else phi[y] * log_p + bias[y]
+    return -torch.sigmoid(z).masked_fill(y == PAD, 0).sum(1)
 
 
 class BleuTracker:
@@ -180,14 +222,18 @@ class ClassificationLoss:
     def diagonal(self, phi: torch.Tensor) -> torch.Tensor:
         return phi.diagonal()
 
+    def held(self, phi: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        return phi, bias
+
 
 class TranslationLoss:
-    """Phi in R^|V|, the diagonal of the token interaction (section 4.2); a BLEU state."""
+    """Phi in R^|V|, the diagonal of the token interaction (section 4.2); a BLEU state.
+    hold_eos: the end of sentence keeps coefficient 1 and bias 0 whatever the teacher says."""
 
     losses = staticmethod(token_dynamic_loss)
 
-    def __init__(self, data, run_seed: int):
-        self.data = data
+    def __init__(self, data, run_seed: int, hold_eos: bool = False):
+        self.data, self.hold_eos = data, hold_eos
         g = generator("dlf-train-sample", run_seed)
         pairs = min(len(data.val_y), len(data.train_y))
         self.sample = torch.randperm(len(data.train_y), generator=g)[:pairs]
@@ -204,6 +250,13 @@ class TranslationLoss:
     def diagonal(self, phi: torch.Tensor) -> torch.Tensor:
         return phi
 
+    def held(self, phi: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        if not self.hold_eos:
+            return phi, bias
+        eos = torch.arange(len(phi), device=phi.device) == EOS
+        phi = torch.where(eos, torch.ones_like(phi), phi)
+        return phi, None if bias is None else torch.where(eos, torch.zeros_like(bias), bias)
+
 
 LOSS_FAMILIES = {"classification": ClassificationLoss, "translation": TranslationLoss}
 
@@ -217,10 +270,18 @@ class DLF(Method):
     def __init__(self, settings, ctx):
         super().__init__(settings, ctx)
         self.run_seed = ctx.generator.initial_seed()  # episodes follow from the run's seed
-        self.family = LOSS_FAMILIES[ctx.task.name](ctx.data, self.run_seed)
+        if settings.hold_eos and ctx.task.name != "translation":
+            raise ValueError("dlf: hold_eos is for translation (a sentence's end)")
+        family = LOSS_FAMILIES[ctx.task.name]
+        extra = {"hold_eos": settings.hold_eos} if settings.hold_eos else {}
+        self.family = family(ctx.data, self.run_seed, **extra)
         param = ctx.student.model.classifier.weight
         self.teacher = LossTeacher(
-            self.family.identity(), self.family.state_dim(), settings.keys, settings.key_spread
+            self.family.identity(),
+            self.family.state_dim(),
+            settings.keys,
+            settings.key_spread,
+            settings.bias,
         )
         self.teacher.to(param.device, param.dtype)
         self.optimizer = torch.optim.Adam(self.teacher.parameters(), lr=settings.teacher_lr)
@@ -232,6 +293,17 @@ class DLF(Method):
         self.history: list[dict] = []  # the dev measure along teacher optimisation (Figure 3)
         self.best: dict = {"measure": -1.0}  # the teacher with the best dev measure so far
         self.snapshots: list[dict] = []
+
+    def coefficients(self, state: torch.Tensor) -> tuple:
+        """(Phi_t, b) for the student's loss at state s_t; b is None without `bias`."""
+        return self.family.held(self.teacher(state), self.teacher.bias)
+
+    def dev_measure(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the teacher maximises on dev: the paper's expected accuracy, or one minus the
+        demo's sharp smoothed 0-1 error."""
+        if self.settings.metric == "sharp_01":
+            return 1 - sharp_01_error(logits, y, self.settings.metric_sharpness)
+        return self.ctx.task.expected_accuracy(logits, y)
 
     # ---- teacher optimisation ----
 
@@ -268,14 +340,14 @@ class DLF(Method):
                 student.update(task.losses(logits, y).mean())
                 continue
             with torch.no_grad():
-                phi = self.teacher(state)
+                phi, bias = self.coefficients(state)
             lr = student.rule().lr
-            student.update(family.losses(logits, y, phi).mean())
+            student.update(family.losses(logits, y, phi, bias).mean())
             steps.append(Step(lr, self.replay(model, index, state, rng)))
         theta = {n: p.detach().requires_grad_() for n, p in params_of(model).items()}
         with torch.enable_grad():
             logits = task.forward(bound(model, theta), data.val_x, data.val_y)
-            measure = task.expected_accuracy(logits, data.val_y)
+            measure = self.dev_measure(logits, data.val_y)
             val_grad = torch.autograd.grad(1 - measure, list(theta.values()))
         self.keep_if_best(float(measure.detach()), k)
         grads = backward_by_segments(
@@ -289,11 +361,15 @@ class DLF(Method):
         for p, grad in zip(self.teacher.parameters(), grads, strict=True):
             p.grad = grad
         self.step_teacher()
-        return {
+        logits = logits.detach()
+        record = {
             "teacher_step": k + 1,
-            "dev_expected_accuracy": round(float(measure.detach()), 6),
+            "dev_expected_accuracy": round(float(task.expected_accuracy(logits, data.val_y)), 6),
             "dev_accuracy": round(task.batch_accuracy(logits, data.val_y), 6),
         }
+        if s.metric != "expected_accuracy":
+            record["dev_measure"] = round(float(measure.detach()), 6)
+        return record
 
     def keep_if_best(self, measure: float, k: int) -> None:
         """Keep the teacher that gave this dev measure (before its update) if it is the best."""
@@ -314,7 +390,7 @@ class DLF(Method):
             x, y = data.train_x[index], data.train_y[index]
             with replayed_rng(rng):
                 logits = self.ctx.task.forward(bound(model, theta), x, y)
-            return self.family.losses(logits, y, self.teacher(state)).mean()
+            return self.family.losses(logits, y, *self.coefficients(state)).mean()
 
         return objective
 
@@ -349,19 +425,20 @@ class DLF(Method):
             student.update(loss)
             return {"loss": loss.detach()}
         with torch.no_grad():
-            phi = self.teacher(state)
-        loss = self.family.losses(logits, batch.y, phi).mean()
+            phi, bias = self.coefficients(state)
+        loss = self.family.losses(logits, batch.y, phi, bias).mean()
         student.update(loss)
-        self.keep_snapshot(phi)
+        self.keep_snapshot(phi, bias)
         return {"loss": loss.detach(), "phi_diag": self.family.diagonal(phi).mean()}
 
-    def keep_snapshot(self, phi: torch.Tensor) -> None:
+    def keep_snapshot(self, phi: torch.Tensor, bias: torch.Tensor | None) -> None:
         total = self.student.total_steps
         marks = [max(1, round(f * total)) for f in self.SNAPSHOTS]
         if self.student.step_count in marks:
-            self.snapshots.append(
-                {"step": self.student.step_count, "phi": phi.round(decimals=4).tolist()}
-            )
+            snapshot = {"step": self.student.step_count, "phi": phi.round(decimals=4).tolist()}
+            if bias is not None:
+                snapshot["bias"] = bias.round(decimals=4).tolist()
+            self.snapshots.append(snapshot)
 
     def state_dict(self) -> dict:
         return {

@@ -169,7 +169,12 @@ class DLFSettings(MethodSettings):
     attention; key_spread: the keys' initial differences; teacher_lr: Adam's alpha;
     state_every: steps between refreshes of the dev statistics; segment: steps between
     reverse-mode checkpoints (None: sqrt(T); 1 keeps every state); warm_start: the
-    first steps of every student that are plain cross entropy."""
+    first steps of every student that are plain cross entropy. Where the paper is silent, the
+    authors' demo's choices: bias: a learned coefficient per class (per target token) inside
+    the sigmoid, zero at the start (off: the paper's loss); metric: the teacher's dev measure,
+    the paper's expected accuracy or one minus the demo's sharp smoothed 0-1 error, with K =
+    metric_sharpness; hold_eos (translation): `</s>` keeps coefficient 1, so the teacher
+    cannot raise its teacher-forced measure by making the student stop early."""
 
     teacher_steps: PositiveInt = 60
     episode_steps: PositiveInt | None = None  # None: as long as the run's own training
@@ -179,6 +184,10 @@ class DLFSettings(MethodSettings):
     state_every: PositiveInt = 20
     segment: PositiveInt | None = None
     warm_start: NonNegativeInt = 0
+    bias: bool = False
+    metric: Literal["expected_accuracy", "sharp_01"] = "expected_accuracy"
+    metric_sharpness: Positive = 50.0
+    hold_eos: bool = False
 
 
 @dataclass(frozen=True)
