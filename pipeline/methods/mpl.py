@@ -227,15 +227,15 @@ class MetaPseudoLabels(Method):
         self.student.hold()
         return torch.zeros((), dtype=q.dtype, device=q.device), logged, r_after
 
-    def validation_metrics(self, student_logits: torch.Tensor) -> dict:
-        """The teacher's own validation loss and accuracy beside the student's (eval mode)."""
+    def validation_metrics(self, student_logits: torch.Tensor, val_x, val_y) -> dict:
+        """The teacher's own validation loss and accuracy beside the student's (eval mode), on
+        the examples the student was validated on."""
         if not self.scores_teacher:
             return {}
-        data = self.ctx.data
-        t = predict(self.teacher, data.val_x)
+        t = predict(self.teacher, val_x)
         return {
-            "teacher_val_loss": round(float(F.cross_entropy(t, data.val_y)), 6),
-            "teacher_val_acc": round(accuracy(t, data.val_y), 6),
+            "teacher_val_loss": round(float(F.cross_entropy(t, val_y)), 6),
+            "teacher_val_acc": round(accuracy(t, val_y), 6),
         }
 
     def state_dict(self) -> dict:
