@@ -149,10 +149,16 @@ def unstable(summary: pd.DataFrame, metric: str = "accuracy") -> dict[tuple[str,
     return out
 
 
+def collapsed_seeds(row) -> str:
+    """A summary row's collapsed seeds ("" for none; a table read back from its CSV has NaN)."""
+    value = row.get("collapsed")
+    return value if isinstance(value, str) else ""
+
+
 def interval(row, unstable_seeds: bool, metric: str = "accuracy") -> str:
     """A table cell: mean ± CI of a summary row, † when its seeds span UNSTABLE_RANGE, ‡ when
     a seed collapsed on validation."""
-    mark = (" †" if unstable_seeds else "") + (" ‡" if row.get("collapsed") else "")
+    mark = (" †" if unstable_seeds else "") + (" ‡" if collapsed_seeds(row) else "")
     return f"{row[f'{metric}_mean']:.2f} ± {row[f'{metric}_ci95']:.2f}{mark}"
 
 
@@ -205,7 +211,7 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
             f"({', '.join(map(str, p.seeds))}):",
         ]
         lines += [f"- {method}, {noise}: {values}" for (noise, method), values in spread.items()]
-    collapsed = [r for _, r in summary.iterrows() if r.get("collapsed")]
+    collapsed = [r for _, r in summary.iterrows() if collapsed_seeds(r)]
     if collapsed:
         lines += ["", "‡ a seed collapsed on the validation split (pipeline/collapse.py):"]
         lines += [f"- {r.method}, {r.noise}: {r.collapsed}" for r in collapsed]
