@@ -250,7 +250,7 @@ def test_hard_labels_are_the_teachers_argmax_and_sampled_labels_are_draws(few64)
 def test_the_teacher_is_scored_beside_the_student(few64):
     method = make_method("mpl", few64, arch="mlp", dtype=torch.float64)
     method.step(batch_of(few64, 0))
-    figures = method.validation_metrics(torch.zeros(0))
+    figures = method.validation_metrics(torch.zeros(0), few64.val_x, few64.val_y)
     t = method.teacher.eval()(few64.val_x)
     assert figures["teacher_val_acc"] == pytest.approx(
         float((t.argmax(1) == few64.val_y).double().mean()), abs=1e-6
