@@ -27,8 +27,7 @@ from pipeline.config import Params
 from pipeline.core.student import Student
 from pipeline.examples import ExampleWeights
 from pipeline.io import Progress, load_torch, log, save_torch, write_json
-from pipeline.methods.base import Batch, Context
-from pipeline.methods.l2rw import NOISE_STATISTICS
+from pipeline.methods.base import NOISE_STATISTICS, Batch, Context
 from pipeline.methods.registry import METHODS
 from pipeline.models import build_model
 from pipeline.noise import generator

@@ -136,3 +136,18 @@ class Method:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+# what a reweighting method logs of its weights where the noise stage corrupted labels
+NOISE_STATISTICS = ("w_clean", "w_noisy")
+
+
+def weight_by_noise(w: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean weight of clean and of corrupted examples, times the batch size (1 = uniform).
+    Analysis only: the method never sees which labels are corrupted."""
+    n = len(w)
+    out = {}
+    for name, mask in zip(NOISE_STATISTICS, (~noisy, noisy), strict=True):
+        count = mask.sum().clamp_min(1)
+        out[name] = (w * mask).sum() / count * n
+    return out

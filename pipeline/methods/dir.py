@@ -37,8 +37,7 @@ from torch import nn
 
 from pipeline.core.meta import bound, params_of
 from pipeline.core.unroll import Step, backward_through_steps, replayed_rng, rng_state
-from pipeline.methods.base import Batch, Method
-from pipeline.methods.l2rw import weight_by_noise
+from pipeline.methods.base import Batch, Method, weight_by_noise
 from pipeline.methods.settings import DIRSettings
 
 SURFACE = 4  # M1's scalars besides the predicted label: iteration, loss, best val acc, margin

@@ -19,7 +19,7 @@ from pipeline.core.meta import (
 )
 from pipeline.core.student import cross_entropy
 from pipeline.core.traced import forward_with_tangent_traced
-from pipeline.methods.base import Batch, Method
+from pipeline.methods.base import Batch, Method, weight_by_noise
 from pipeline.methods.settings import L2RWSettings
 
 
@@ -104,17 +104,3 @@ class L2RW(Method):
             "zero_weight_frac": (w == 0).float().mean(),
             **weight_by_noise(w, noisy),
         }
-
-
-NOISE_STATISTICS = ("w_clean", "w_noisy")
-
-
-def weight_by_noise(w: torch.Tensor, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean weight of clean and of corrupted examples, times the batch size (1 = uniform).
-    Analysis only: the method never sees which labels are corrupted."""
-    n = len(w)
-    out = {}
-    for name, mask in zip(NOISE_STATISTICS, (~noisy, noisy), strict=True):
-        count = mask.sum().clamp_min(1)
-        out[name] = (w * mask).sum() / count * n
-    return out
