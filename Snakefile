@@ -6,7 +6,7 @@ import os
 import sys
 
 from pipeline import plan
-from pipeline.config import ParamsError, load as load_params
+from pipeline.config import ParamsError, load as load_params, read_yaml
 
 # The full check of params.yaml (strict YAML, types, ranges, references), before any job
 # starts; a mistake is one line naming the dotted key, not a traceback.
@@ -19,9 +19,10 @@ except ParamsError as e:
 configfile: "params.yaml"
 
 
-if config != P.raw:
+if config != read_yaml("params.yaml"):
     raise ValueError(
-        "settings come from params.yaml alone: edit it instead of --config"
+        "settings come from params.yaml (and the files it includes) alone: edit it instead "
+        "of --config"
     )
 
 

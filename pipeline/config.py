@@ -548,6 +548,17 @@ class Params:
     teachers: dict[str, TeacherSpec]
     experiments: dict[str, ExperimentSpec]
     raw: dict = field(repr=False, compare=False, default_factory=dict)
+    # the entries an `include`d file gave ("datasets.mine" -> its path), for DVC's params
+    included: dict[str, str] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def settings_files(self) -> list[str]:
+        """params.yaml and the files it includes: what a change of settings is read from."""
+        return [PARAMS_FILE, *(self.raw.get("include") or [])]
+
+    def file_of(self, key: str) -> str:
+        """The settings file that defines a dotted key ("datasets.mine.path")."""
+        return self.included.get(".".join(key.split(".")[:2]), PARAMS_FILE)
 
     @property
     def active_experiments(self) -> dict[str, ExperimentSpec]:
@@ -578,6 +589,7 @@ class Params:
 
 
 SECTIONS = (
+    "include",
     "profile",
     "profiles",
     "run",
@@ -627,13 +639,76 @@ def _method(value: Any, where: str) -> Any:
     return build(SETTINGS[kind], value, where)
 
 
-def parse(raw: dict) -> Params:
-    """Check a params mapping completely and return the typed settings."""
+# what an included file may give: named entries, joined to params.yaml's
+ENTRY_SECTIONS = (
+    "profiles",
+    "datasets",
+    "noise",
+    "models",
+    "schedules",
+    "methods",
+    "teachers",
+    "experiments",
+)
+
+
+def _check_top_level(raw: Any, path: str | Path) -> None:
     if not isinstance(raw, dict):
-        raise ParamsError("params.yaml: expected a mapping at the top level")
-    unknown = sorted(set(raw) - set(SECTIONS))
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - set(SECTIONS), key=str)
     if unknown:
-        raise ParamsError(f"{unknown[0]}: unknown top-level key (known: {', '.join(SECTIONS)})")
+        where = "" if str(path) == PARAMS_FILE else f"{path}: "
+        raise ParamsError(
+            f"{where}{unknown[0]}: unknown top-level key (known: {', '.join(SECTIONS)})"
+        )
+
+
+def _include(raw: dict, root: Path) -> tuple[dict, dict[str, str]]:
+    """params.yaml with the entries of the files its `include` lists joined to its own
+    sections (a user's datasets and experiments, kept apart from the project's), and where
+    each joined entry came from. A name defined twice is an error naming both files."""
+    paths = raw.get("include") or []
+    if not isinstance(paths, list) or not all(isinstance(f, str) and f for f in paths):
+        raise ParamsError("include: expected a list of settings files (paths from the repository)")
+    if len(set(paths)) != len(paths):
+        raise ParamsError("include: has duplicates")
+    merged = {
+        key: (dict(value) if key in ENTRY_SECTIONS and isinstance(value, dict) else value)
+        for key, value in raw.items()
+    }
+    origin: dict[str, str] = {}
+    for path in paths:
+        extra = _read(root / path, shown=path)
+        if extra is None:
+            continue
+        _check_top_level(extra, path)
+        for key, entries in extra.items():
+            if key not in ENTRY_SECTIONS:
+                raise ParamsError(
+                    f"{path}: {key}: an included file gives entries of "
+                    f"{', '.join(ENTRY_SECTIONS)}; `{key}` is set in params.yaml"
+                )
+            if entries is None:
+                continue
+            if not isinstance(entries, dict):
+                raise ParamsError(f"{path}: {key}: expected a mapping of names to settings")
+            section = merged.setdefault(key, {})
+            if section is None:
+                section = merged[key] = {}
+            for name, value in entries.items():
+                if name in section:
+                    first = origin.get(f"{key}.{name}", PARAMS_FILE)
+                    raise ParamsError(f"{key}.{name}: defined in {first} and in {path}")
+                section[name] = value
+                origin[f"{key}.{name}"] = path
+    return merged, origin
+
+
+def parse(raw: dict, root: str | Path = ".") -> Params:
+    """Check a params mapping completely (with the files it includes, read from `root`) and
+    return the typed settings."""
+    _check_top_level(raw, PARAMS_FILE)
+    raw, included = _include(raw, Path(root))
     params = Params(
         profile=raw.get("profile", "default"),
         profiles=_section(raw, "profiles", lambda v, w: build(ProfileSpec, v, w)),
@@ -647,6 +722,7 @@ def parse(raw: dict) -> Params:
         teachers=_section(raw, "teachers", lambda v, w: build(TeacherSpec, v, w)),
         experiments=_section(raw, "experiments", lambda v, w: build(ExperimentSpec, v, w)),
         raw=raw,
+        included=included,
     )
     _check_references(params)
     return params
@@ -774,24 +850,27 @@ def _check_task_kind(p: Params, name: str, exp) -> None:
             )
 
 
-def _read(path: str | Path) -> dict:
+def _read(path: str | Path, shown: str | Path | None = None) -> dict:
+    """A settings file; errors name it as `shown` (an included file as params.yaml gives it)."""
     import yaml  # imported here: `bench` runs on machines with torch alone
 
     path = Path(path)
-    if not path.exists():
-        raise ParamsError(f"{path}: not found (run from the repository root)")
+    shown = shown or path
+    if not path.is_file():
+        where = "run from the repository root" if shown == path else "include"
+        raise ParamsError(f"{shown}: not found ({where})")
     try:
         return read_yaml(path)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = f", line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}{line}: not valid YAML: {e.problem or e.context}") from None
+        raise ParamsError(f"{shown}{line}: not valid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+        raise ParamsError(f"{shown}: not valid YAML: {e}") from None
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:
-    return parse(_read(path))
+    return parse(_read(path), root=Path(path).parent)
 
 
 def load_run(path: str | Path = PARAMS_FILE) -> RunSpec:
@@ -845,6 +924,12 @@ def json_schema() -> dict:
     profile = dataclass_schema(ProfileSpec)
     profile["properties"]["seeds"] |= {"minItems": 1, "uniqueItems": True}
     properties = {
+        "include": {
+            "description": "settings files whose entries join these (paths from the repository)",
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "uniqueItems": True,
+        },
         "profile": name,
         "profiles": section(profile),
         "run": dataclass_schema(RunSpec),

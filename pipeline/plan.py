@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass, fields
 
-from pipeline.config import Params, ParamsError
+from pipeline.config import PARAMS_FILE, Params, ParamsError
 
 DATA = "results/data"
 RUNS = "results/runs"
@@ -533,6 +533,17 @@ def _dvc_outs(j: Job) -> dict[str, list]:
     return {kind: entries for kind, entries in kinds.items() if entries}
 
 
+def _dvc_params(p: Params, keys: tuple[str, ...]) -> list:
+    """A stage's params as DVC reads them: params.yaml's keys bare, an included file's
+    under its path."""
+    bare = [key for key in keys if p.file_of(key) == PARAMS_FILE]
+    elsewhere: dict[str, list[str]] = {}
+    for key in keys:
+        if p.file_of(key) != PARAMS_FILE:
+            elsewhere.setdefault(p.file_of(key), []).append(key)
+    return [*bare, *({path: found} for path, found in elsewhere.items())]
+
+
 PARAMS_CHECKED = "results/params.checked"  # DVC's record that params.yaml passed the check
 
 
@@ -546,14 +557,14 @@ def dvc_yaml(p: Params) -> str:
     stages: dict = {
         "check": {
             "cmd": f"python -m pipeline check --record {PARAMS_CHECKED}",
-            "deps": ["params.yaml"],
+            "deps": p.settings_files,
             "outs": [{PARAMS_CHECKED: {"cache": False}}],
         }
     }
     for j in jobs(p):
         stage: dict = {"cmd": j.cmd}
         stage["deps"] = [PARAMS_CHECKED, *j.deps]
-        stage["params"] = list(j.params)
+        stage["params"] = _dvc_params(p, j.params)
         stage.update(_dvc_outs(j))
         stages[j.name] = stage
     header = (
