@@ -4,8 +4,9 @@ Tables average seeds, so a seed that ended near chance only widens a confidence 
 unless it is named. A run collapsed when, after its best epoch, its validation score stayed
 below the halfway mark between that best and chance for a stretch of at least
 max(LEAST_EPOCHS, STRETCH_SHARE of its epochs) consecutive epochs. Chance is 1 / classes
-(accuracy) or 0 (BLEU). The train stage logs it; the report stage marks it (from each run's
-history.json, which every committed run has).
+(accuracy) or 0 (BLEU). The train stage logs it, the evaluate stage records it in the run's
+metrics.json (`collapsed`, absent when it did not) and the report stage marks it in the
+tables (from each run's history.json, which every committed run has).
 """
 
 from __future__ import annotations
@@ -46,3 +47,9 @@ def describe(key: str, found: dict) -> str:
         f"{key} fell from its best {found['best']:.3g} to {found['low']:.3g} and stayed below "
         f"halfway to chance for {found['epochs']}+ epochs from epoch {found['epoch']}"
     )
+
+
+def how_collapsed(history: list[dict], key: str, num_classes: int) -> str:
+    """How a run collapsed on its validation `key`, in words, or "" if it did not."""
+    found = collapse(history, key, chance_of(key, num_classes))
+    return describe(key, found) if found else ""

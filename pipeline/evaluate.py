@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 
 import torch
 
 from pipeline import numerics, plan
+from pipeline.collapse import how_collapsed
 from pipeline.config import Params
 from pipeline.examples import (
     ExampleWeights,
@@ -18,7 +20,14 @@ from pipeline.examples import (
     write_examples,
     write_top_images,
 )
-from pipeline.io import committed_json, dumps_json, git_revision, load_torch, write_json
+from pipeline.io import (
+    committed_json,
+    dumps_json,
+    git_revision,
+    load_torch,
+    read_json,
+    write_json,
+)
 from pipeline.models import build_model
 from pipeline.plan import Run
 from pipeline.task import TaskData, load_task
@@ -154,6 +163,11 @@ def evaluate(p: Params, run: Run, data: TaskData | None = None) -> dict:
         metrics["weight_histogram"] = weight_histogram(sample)
         if sample.get("losses"):
             metrics["weight_points"] = weight_points(sample)
+    if os.path.exists(run.file("history.json")):  # a run that fell to chance says so
+        history = read_json(run.file("history.json"))
+        collapsed = how_collapsed(history, task.validation_key, data.num_classes)
+        if collapsed:
+            metrics["collapsed"] = collapsed
     metrics = with_committed_revision(metrics, run.file("metrics.json"))
     write_json(metrics, run.file("metrics.json"))
     return metrics

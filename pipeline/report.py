@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline import plan
 from pipeline.catalog import HEADLINE, METRIC_LABEL
-from pipeline.collapse import chance_of, collapse, describe
+from pipeline.collapse import how_collapsed
 from pipeline.config import Params, parse_claim, reported_numbers
 from pipeline.io import read_json, save_figure, write_json, write_text
 
@@ -71,8 +71,7 @@ def collapsed_run(run: plan.Run, metric: str) -> str:
     """How the run collapsed on validation (pipeline/collapse.py), or "" if it did not."""
     key = f"val_{'acc' if metric == 'accuracy' else metric}"
     classes = read_json(plan.split_summary_path(run.dataset, run.noise, run.seed))["num_classes"]
-    found = collapse(read_json(run.file("history.json")), key, chance_of(key, classes))
-    return describe(key, found) if found else ""
+    return how_collapsed(read_json(run.file("history.json")), key, classes)
 
 
 def headline_of(p: Params, experiment: str) -> str:

@@ -22,7 +22,7 @@ import torch
 
 from pipeline import numerics
 from pipeline.augment import augment
-from pipeline.collapse import chance_of, collapse, describe
+from pipeline.collapse import how_collapsed
 from pipeline.config import Params
 from pipeline.core.student import Student
 from pipeline.examples import ExampleWeights
@@ -338,9 +338,9 @@ def train(
             progress.close()
             return out_dir
     progress.close()
-    collapsed = collapse(history, score, chance_of(score, data.num_classes))
+    collapsed = how_collapsed(history, score, data.num_classes)
     if collapsed:
-        log(f"warning: {run.name} collapsed: {describe(score, collapsed)}")
+        log(f"warning: {run.name} collapsed: {collapsed}")
 
     if teacher.settings.finetune_steps:
         with named_failure(run, "fine-tuning"):

@@ -1,4 +1,4 @@
-"""A collapsed run is named: the rule on a history, and the table's mark."""
+"""A collapsed run is named: the rule on a history, the table's mark and its metrics."""
 
 from __future__ import annotations
 
@@ -52,9 +52,16 @@ def test_the_table_marks_a_collapsed_seed(workdir, tiny_raw):
     assert main(["train", *cell, "--method", "erm", "--seeds", "0,1"]) == 0
     from pipeline.config import load
 
-    run = [r for r in runs(load("params.yaml"), "tiny") if r.seed == 1][0]
+    both = runs(load("params.yaml"), "tiny")
+    run = [r for r in both if r.seed == 1][0]
     Path(run.file("history.json")).write_text(json.dumps(history([0.9, 0.1, 0.1, 0.1])))
     assert main(["report", "--experiment", "tiny"]) == 0
     table = Path("results/tables/tiny.md").read_text()
     assert "| erm | " in table and " ‡ |" in table
     assert "- erm, clean: seed 1: val_acc fell from its best 0.9 to 0.1" in table
+    # re-scored, the collapsed seed says so in its metrics; the other seed has no such key
+    assert main(["evaluate", *cell, "--method", "erm", "--seed", "1"]) == 0
+    assert main(["evaluate", *cell, "--method", "erm", "--seed", "0"]) == 0
+    metrics = {r.seed: json.loads(Path(r.file("metrics.json")).read_text()) for r in both}
+    assert metrics[1]["collapsed"].startswith("val_acc fell from its best 0.9 to 0.1")
+    assert "collapsed" not in metrics[0]
