@@ -35,6 +35,8 @@ class TaskData:
     # a translation's reference sentences (what BLEU is scored against)
     val_references: list[str] | None = None
     test_references: list[str] | None = None
+    # the training split's input statistics (standardiser), None for token ids
+    input_stats: dict[str, torch.Tensor] | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
@@ -54,23 +56,34 @@ class TaskData:
         return (self.train_y != self.train_y_clean) & self.labelled
 
 
-def normalise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Scale uint8 images to [0, 1] and standardise per channel (per feature for vectors) with
-    the training split's mean and spread; token ids (int64) pass through."""
-    if x.dtype == torch.int64:
-        return x
+def _to_float(t: torch.Tensor) -> torch.Tensor:
+    return t.float() / 255 if t.dtype == torch.uint8 else t.float()
 
-    def to_float(t: torch.Tensor) -> torch.Tensor:
-        return t.float() / 255 if t.dtype == torch.uint8 else t.float()
 
-    ref = to_float(reference)
+def standardiser(reference: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """The training split's mean and scale per channel (per feature for vectors), after
+    uint8 images are scaled to [0, 1]; None for token ids (int64), which pass through. Stored
+    in each run's model.pt (`inputs`), so the model can be applied to new rows."""
+    if reference.dtype == torch.int64:
+        return None
+    ref = _to_float(reference)
     dims = [0, 2, 3] if ref.dim() == 4 else [0]
     mean, std = ref.mean(dims, keepdim=True), ref.std(dims, keepdim=True)
     # a feature (nearly) constant in the training split is centred, not scaled: divided by
     # its tiny spread, a validation or test value that differs would become ~1e6 (as
     # scikit-learn's StandardScaler, which leaves such features' scale at 1)
     constant = std <= 1e-6 * (1 + mean.abs())
-    return (to_float(x) - mean) / torch.where(constant, torch.ones_like(std), std)
+    return {"mean": mean, "scale": torch.where(constant, torch.ones_like(std), std)}
+
+
+def standardise(x: torch.Tensor, stats: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """Inputs as the model was trained on them (`stats`: standardiser's)."""
+    return x if stats is None else (_to_float(x) - stats["mean"]) / stats["scale"]
+
+
+def normalise(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`x` standardised with the statistics of `reference` (the training split)."""
+    return standardise(x, standardiser(reference))
 
 
 def load_task(
@@ -84,9 +97,9 @@ def load_task(
         plan.split_path(dataset, noise, seed), True, plan.remake_split(dataset, noise, seed)
     )
     x = raw["x"]
-    reference = x[split["train_idx"]]
+    stats = standardiser(x[split["train_idx"]])
     parts = {
-        k: normalise(x[split[f"{k}_idx"]], reference).to(device) for k in ("train", "val", "test")
+        k: standardise(x[split[f"{k}_idx"]], stats).to(device) for k in ("train", "val", "test")
     }
     if "train_x" in split:  # inputs the noise stage changed (a translation's masked sources)
         parts["train"] = split["train_x"].to(device)
@@ -109,4 +122,5 @@ def load_task(
         masked_pairs=split["noise_mask"].to(device) if "train_x" in split else None,
         val_references=refs["val"] if references is not None else None,
         test_references=refs["test"] if references is not None else None,
+        input_stats=stats,
     )

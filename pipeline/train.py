@@ -355,6 +355,9 @@ def train(
                 best, epoch_count=schedule.epochs, finetuned=bool(teacher.settings.finetune_steps)
             ),
             "example_weights": ctx.example_weights.state_dict(),
+            # how the inputs were standardised (pipeline/task.py standardise): to apply the
+            # model to new rows
+            "inputs": data.input_stats,
         },
         out_dir / "model.pt",
     )

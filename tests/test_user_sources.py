@@ -312,6 +312,20 @@ def test_a_csv_with_trusted_rows_runs_through_the_stages(workdir, tiny_raw):
     assert "| confident_learning | cleanlab label quality |" in suspects
     for method in methods[:3]:
         assert f"| {method} | " in suspects
+    # each run keeps the training split's input statistics: new rows are standardised alike
+    from pipeline.plan import prepared_path
+    from pipeline.task import load_task, standardise
+
+    saved = load_torch("results/runs/mine/mlp/short/noisy/erm/seed0/model.pt")
+    raw, split = (
+        load_torch(prepared_path("mine"), True),
+        load_torch(split_path("mine", "noisy", 0), True),
+    )
+    train_rows = raw["x"][split["train_idx"]].float()
+    assert torch.allclose(saved["inputs"]["mean"][0], train_rows.mean(0))
+    assert torch.allclose(saved["inputs"]["scale"][0], train_rows.std(0))
+    new_rows = raw["x"][split["test_idx"]]
+    assert torch.equal(standardise(new_rows, saved["inputs"]), load_task("mine", "noisy", 0).test_x)
 
 
 def test_a_feature_constant_in_training_is_centred_not_blown_up():
