@@ -130,5 +130,5 @@ def test_the_documented_example_is_valid(tmp_path):
     trains = [j.name for j in plan.jobs(p) if j.name.startswith("train")]
     assert sorted(trains) == [
         f"train-mine-mlp-table_memorise-mine_as_given-{m}"
-        for m in sorted(["erm", "l2rw", "mwn", "confident_learning"])
+        for m in sorted(["erm", "l2rw", "mwn_flat", "confident_learning"])
     ]
