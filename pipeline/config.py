@@ -672,15 +672,11 @@ def _include(raw: dict, root: Path) -> tuple[dict, dict[str, str]]:
         raise ParamsError("include: expected a list of settings files (paths from the repository)")
     if len(set(paths)) != len(paths):
         raise ParamsError("include: has duplicates")
-    merged = {
-        key: (dict(value) if key in ENTRY_SECTIONS and isinstance(value, dict) else value)
-        for key, value in raw.items()
-    }
+    merged = dict(raw)
     origin: dict[str, str] = {}
     for path in paths:
         extra = _read(root / path, shown=path)
-        if extra is None:
-            continue
+        extra = {} if extra is None else extra  # an empty file gives nothing
         _check_top_level(extra, path)
         for key, entries in extra.items():
             if key not in ENTRY_SECTIONS:
@@ -688,20 +684,24 @@ def _include(raw: dict, root: Path) -> tuple[dict, dict[str, str]]:
                     f"{path}: {key}: an included file gives entries of "
                     f"{', '.join(ENTRY_SECTIONS)}; `{key}` is set in params.yaml"
                 )
-            if entries is None:
-                continue
-            if not isinstance(entries, dict):
-                raise ParamsError(f"{path}: {key}: expected a mapping of names to settings")
-            section = merged.setdefault(key, {})
-            if section is None:
-                section = merged[key] = {}
-            for name, value in entries.items():
-                if name in section:
-                    first = origin.get(f"{key}.{name}", PARAMS_FILE)
-                    raise ParamsError(f"{key}.{name}: defined in {first} and in {path}")
-                section[name] = value
-                origin[f"{key}.{name}"] = path
+            merged[key] = _joined(merged.get(key), entries, key, path, origin)
     return merged, origin
+
+
+def _joined(section: Any, entries: Any, key: str, path: str, origin: dict[str, str]) -> dict:
+    """A section of params.yaml (or of the files included before) with an included file's
+    entries added; `origin` records where each came from."""
+    for where, value in ((PARAMS_FILE, section), (path, entries)):
+        if value is not None and not isinstance(value, dict):
+            raise ParamsError(f"{where}: {key}: expected a mapping of names to settings")
+    joined = dict(section or {})
+    for name, value in (entries or {}).items():
+        if name in joined:
+            first = origin.get(f"{key}.{name}", PARAMS_FILE)
+            raise ParamsError(f"{key}.{name}: defined in {first} and in {path}")
+        joined[name] = value
+        origin[f"{key}.{name}"] = path
+    return joined
 
 
 def parse(raw: dict, root: str | Path = ".") -> Params:
