@@ -154,10 +154,18 @@ def collapsed_seeds(row) -> str:
     return value if isinstance(value, str) else ""
 
 
+def over_seeds(seeds: tuple[int, ...]) -> str:
+    if len(seeds) == 1:
+        return f"one seed ({seeds[0]}), no interval"
+    return f"mean ± 95% CI over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+
+
 def interval(row, unstable_seeds: bool, metric: str = "accuracy") -> str:
     """A table cell: mean ± CI of a summary row, † when its seeds span UNSTABLE_RANGE, ‡ when
     a seed collapsed on validation."""
     mark = (" †" if unstable_seeds else "") + (" ‡" if collapsed_seeds(row) else "")
+    if row.get("seeds") == 1:  # one seed has no interval
+        return f"{row[f'{metric}_mean']:.2f}{mark}"
     return f"{row[f'{metric}_mean']:.2f} ± {row[f'{metric}_ci95']:.2f}{mark}"
 
 
@@ -184,8 +192,8 @@ def markdown(p: Params, experiment: str, summary: pd.DataFrame, metric: str = "a
     lines = [
         f"# {exp.title or experiment}",
         "",
-        f"Test {METRIC_LABEL[metric]}, mean ± 95% CI over {len(p.seeds)} seeds "
-        f"({', '.join(map(str, p.seeds))}); dataset {exp.dataset}, model {exp.model}, "
+        f"Test {METRIC_LABEL[metric]}, {over_seeds(p.seeds)}; dataset {exp.dataset}, "
+        f"model {exp.model}, "
         f'schedule {exp.schedule}. Rows are the final model; "+ES" rows the epoch best '
         "on the clean validation split."
         + (

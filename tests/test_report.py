@@ -48,6 +48,19 @@ def test_markdown_puts_papers_beside_ours(tiny_raw):
     assert lines[-1].startswith("[1] Ren et al. 2018 Table 1")
 
 
+def test_a_single_seed_profile_shows_values_without_an_interval(tiny_raw):
+    """A profile of one seed (params.yaml's `long`) has no confidence interval: the table
+    says so and shows the value alone, not "± 0.00"."""
+    tiny_raw["profile"] = "other"  # seeds [0]
+    p = parse(tiny_raw)
+    runs = pd.DataFrame(
+        [{"noise": n, "method": "erm", "seed": 0, "accuracy": 90.0} for n in ("clean", "uniform40")]
+    )
+    lines = markdown(p, "tiny", summarise(runs)).splitlines()
+    assert "| erm | 90.00 | 90.00 |" in lines
+    assert lines[2].startswith("Test accuracy (%), one seed (0), no interval; dataset digits")
+
+
 def test_seeds_far_apart_are_marked_and_listed(tiny_raw):
     """A cell whose seeds span more than UNSTABLE_RANGE points gets a dagger and its seeds
     under the table (in seed order, whatever the row order); the CSV lists every seed."""
