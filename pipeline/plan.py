@@ -536,12 +536,11 @@ def _dvc_outs(j: Job) -> dict[str, list]:
 def _dvc_params(p: Params, keys: tuple[str, ...]) -> list:
     """A stage's params as DVC reads them: params.yaml's keys bare, an included file's
     under its path."""
-    bare = [key for key in keys if p.file_of(key) == PARAMS_FILE]
-    elsewhere: dict[str, list[str]] = {}
+    by_file: dict[str, list[str]] = {}
     for key in keys:
-        if p.file_of(key) != PARAMS_FILE:
-            elsewhere.setdefault(p.file_of(key), []).append(key)
-    return [*bare, *({path: found} for path, found in elsewhere.items())]
+        by_file.setdefault(p.file_of(key), []).append(key)
+    bare = by_file.pop(PARAMS_FILE, [])
+    return [*bare, *({path: found} for path, found in by_file.items())]
 
 
 PARAMS_CHECKED = "results/params.checked"  # DVC's record that params.yaml passed the check
