@@ -357,10 +357,13 @@ def verdict(ours: tuple[float, float], baseline: tuple[float, float]) -> str:
 
 def paper_keys(p: Params, experiment: str):
     """key(row, paper): the name of our row in a paper's values: the row's own name, else
-    its method kind (e.g. "dlf") when the experiment has one variant of that kind (e.g.
-    dlf_t2, fewer teacher steps); with several variants each must be named."""
+    its method kind (e.g. "dlf") for the first variant of that kind the experiment lists
+    (e.g. dlf_finetune; dlf_finetune_eos after it is a variant beside the paper's form)."""
     kinds = {m: p.method_kind(m) for m in p.experiments[experiment].methods}
-    sole = {m: k for m, k in kinds.items() if list(kinds.values()).count(k) == 1}
+    first: dict[str, str] = {}  # kind -> its first listed variant
+    for method, kind in kinds.items():
+        first.setdefault(kind, method)
+    sole = {method: kind for kind, method in first.items()}
 
     def key(row: str, paper: dict) -> str:
         return row if row in paper["values"] else sole.get(row, row)
