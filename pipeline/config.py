@@ -639,17 +639,9 @@ def _method(value: Any, where: str) -> Any:
     return build(SETTINGS[kind], value, where)
 
 
-# what an included file may give: named entries, joined to params.yaml's
-ENTRY_SECTIONS = (
-    "profiles",
-    "datasets",
-    "noise",
-    "models",
-    "schedules",
-    "methods",
-    "teachers",
-    "experiments",
-)
+# what an included file may give: named entries, joined to params.yaml's (the run-wide
+# settings stay in params.yaml)
+ENTRY_SECTIONS = tuple(s for s in SECTIONS if s not in ("include", "profile", "run", "cluster"))
 
 
 def _check_top_level(raw: Any, path: str | Path) -> None:
