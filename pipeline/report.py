@@ -363,10 +363,10 @@ def paper_keys(p: Params, experiment: str):
     first: dict[str, str] = {}  # kind -> its first listed variant
     for method, kind in kinds.items():
         first.setdefault(kind, method)
-    sole = {method: kind for kind, method in first.items()}
+    by_kind = {method: kind for kind, method in first.items()}
 
     def key(row: str, paper: dict) -> str:
-        return row if row in paper["values"] else sole.get(row, row)
+        return row if row in paper["values"] else by_kind.get(row, row)
 
     return key
 
